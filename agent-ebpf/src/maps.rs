@@ -1,0 +1,78 @@
+//! Maps shared by all probe families, and the per-process accounting helpers.
+
+use agent_common::{
+    MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, counter,
+};
+use aya_ebpf::{
+    Global,
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_pid_tgid,
+    macros::map,
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+};
+
+/// Cumulative counters per process (tgid). Per-CPU so the hot path needs no
+/// atomics; userspace sums the CPUs and removes entries of exited processes.
+#[map]
+pub static PROC_STATS: PerCpuHashMap<u32, ProcStats> =
+    PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
+
+/// Allocator probe configuration, indexed by the attach cookie.
+#[map]
+pub static SITES: Array<ProbeSite> = Array::with_max_entries(MAX_SITES, 0);
+
+/// Processes to account when `FILTER_BY_PID` is set (`goalloc watch --pid`).
+#[map]
+pub static WATCHED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTERED_PIDS, 0);
+
+/// Self-observability counters (`agent_common::counter`).
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+
+/// Set by the loader: 1 restricts accounting to `WATCHED_PIDS`.
+#[unsafe(no_mangle)]
+static FILTER_BY_PID: Global<u8> = Global::new(0);
+
+/// Template for new `PROC_STATS` entries; a static keeps 352 bytes off the
+/// 512-byte BPF stack.
+static ZERO_STATS: ProcStats = ProcStats::ZERO;
+
+#[inline(always)]
+pub fn bump(index: u32) {
+    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it while we run.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The current process, if it is one we account for.
+#[inline(always)]
+pub fn current_tgid() -> Option<u32> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if FILTER_BY_PID.load() != 0 && WATCHED_PIDS.get_ptr(tgid).is_none() {
+        bump(counter::FILTERED_OUT);
+        return None;
+    }
+    Some(tgid)
+}
+
+/// This CPU's statistics slot of `tgid`, created on first use.
+#[inline(always)]
+pub fn stats_of(tgid: u32) -> Option<&'static mut ProcStats> {
+    if let Some(p) = PROC_STATS.get_ptr_mut(tgid) {
+        // SAFETY: per-CPU value; nothing else writes this CPU's copy meanwhile.
+        return Some(unsafe { &mut *p });
+    }
+    if PROC_STATS
+        .insert(tgid, &ZERO_STATS, BPF_NOEXIST as u64)
+        .is_err()
+    {
+        // EEXIST (a racing insert on another CPU) is fine; a full map is not.
+        if PROC_STATS.get_ptr_mut(tgid).is_none() {
+            bump(counter::STATS_MAP_FULL);
+            return None;
+        }
+    }
+    // SAFETY: as above.
+    PROC_STATS.get_ptr_mut(tgid).map(|p| unsafe { &mut *p })
+}

@@ -1,0 +1,63 @@
+//! Go's calling convention at the probe point. `ProbeContext::arg` follows the
+//! C ABI (RDI, RSI, ...), which is wrong for Go: read `pt_regs` directly.
+
+use aya_ebpf::{helpers::bpf_probe_read_user, programs::ProbeContext};
+
+/// The first integer argument under Go's register ABI (RAX on amd64, X0 on arm64).
+#[inline(always)]
+pub fn reg_arg0(ctx: &ProbeContext) -> u64 {
+    // SAFETY: `regs` is the uprobe context, readable by the program.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rax;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.regs[0];
+}
+
+/// The stack pointer at the probe point (unchanged since entry: probes sit
+/// before the frame is set up).
+#[inline(always)]
+pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as above.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rsp;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.sp;
+}
+
+/// The runtime address of the probe point.
+#[inline(always)]
+pub fn instruction_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as above.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rip;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.pc;
+}
+
+/// The first argument under Go's stack ABI (ABI0): the word above the
+/// return address on amd64; on arm64 the word above the saved-LR slot.
+#[inline(always)]
+pub fn stack_arg0(ctx: &ProbeContext) -> Option<u64> {
+    let sp = stack_pointer(ctx);
+    // SAFETY: bpf_probe_read_user copes with any address.
+    unsafe { bpf_probe_read_user((sp + 8) as *const u64) }.ok()
+}
+
+/// The return address of the probed call.
+#[inline(always)]
+pub fn return_address(ctx: &ProbeContext) -> Option<u64> {
+    #[cfg(bpf_target_arch = "x86_64")]
+    {
+        let sp = stack_pointer(ctx);
+        // SAFETY: bpf_probe_read_user copes with any address.
+        return unsafe { bpf_probe_read_user(sp as *const u64) }.ok();
+    }
+    #[cfg(bpf_target_arch = "aarch64")]
+    {
+        // SAFETY: as above; LR still holds it before the frame is pushed.
+        return Some(unsafe { (*ctx.regs).regs[30] });
+    }
+}

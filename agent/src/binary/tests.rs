@@ -1,0 +1,801 @@
+//! Tests on real Go binaries, built once per test run with every available
+//! toolchain (env `GOALLOC_GO_TOOLCHAINS`, a colon-separated list of `go`
+//! binaries, else the default paths below). No toolchain = test failure.
+
+use super::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+const DEFAULT_TOOLCHAINS: &[&str] = &[
+    "/usr/bin/go",
+    "/work/main/.cache/go/1.21.13/go/bin/go",
+    "/work/main/.cache/go/1.27.3/go/bin/go",
+];
+
+const AMD64_PROLOGUE: [u8; 4] = [0x49, 0x3b, 0x66, 0x10]; // CMPQ SP, 0x10(R14)
+const ARM64_PROLOGUE: [u8; 4] = [0x90, 0x0b, 0x40, 0xf9]; // MOVD 16(R28), R16
+
+const PLAIN_MAIN: &str = r#"package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+)
+
+type node struct {
+	next *node
+	v    [4]int
+}
+
+func main() {
+	ch := make(chan *node)
+	go func() { ch <- &node{v: [4]int{1, 2, 3, 4}} }()
+	n := <-ch
+	if len(os.Args) > 1 && os.Args[1] == "wait" {
+		fmt.Println("ready")
+		io.Copy(io.Discard, os.Stdin)
+	}
+	fmt.Println(n.v[0])
+}
+"#;
+
+const CGO_MAIN: &str = r#"package main
+
+/*
+static int add(int a, int b) { return a + b; }
+*/
+import "C"
+
+import "fmt"
+
+func main() {
+	ch := make(chan int)
+	go func() { ch <- int(C.add(1, 2)) }()
+	fmt.Println(<-ch)
+}
+"#;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Variant {
+    Default,
+    Stripped,
+    Pie,
+    PieStripped,
+    Cgo,
+    CgoPie,
+    CgoPieStripped,
+    Arm64,
+    Arm64PieStripped,
+    NoSizeSpecializedMalloc,
+}
+
+impl Variant {
+    const ALL: [Variant; 10] = [
+        Variant::Default,
+        Variant::Stripped,
+        Variant::Pie,
+        Variant::PieStripped,
+        Variant::Cgo,
+        Variant::CgoPie,
+        Variant::CgoPieStripped,
+        Variant::Arm64,
+        Variant::Arm64PieStripped,
+        Variant::NoSizeSpecializedMalloc,
+    ];
+    fn stripped(self) -> bool {
+        matches!(
+            self,
+            Variant::Stripped
+                | Variant::PieStripped
+                | Variant::CgoPieStripped
+                | Variant::Arm64PieStripped
+        )
+    }
+    fn cgo(self) -> bool {
+        matches!(self, Variant::Cgo | Variant::CgoPie | Variant::CgoPieStripped)
+    }
+    fn pie(self) -> bool {
+        matches!(
+            self,
+            Variant::Pie
+                | Variant::PieStripped
+                | Variant::CgoPie
+                | Variant::CgoPieStripped
+                | Variant::Arm64PieStripped
+        )
+    }
+    fn arm64(self) -> bool {
+        matches!(self, Variant::Arm64 | Variant::Arm64PieStripped)
+    }
+    /// The unstripped build with the same layout, for cross-checking.
+    fn unstripped_sibling(self) -> Option<Variant> {
+        match self {
+            Variant::Stripped => Some(Variant::Default),
+            Variant::PieStripped => Some(Variant::Pie),
+            Variant::CgoPieStripped => Some(Variant::CgoPie),
+            _ => None,
+        }
+    }
+}
+
+struct Build {
+    variant: Variant,
+    path: PathBuf,
+    bin: GoBinary,
+}
+
+struct Toolchain {
+    go: PathBuf,
+    /// `go env GOVERSION`, e.g. "go1.21.13".
+    goversion: String,
+    version: GoVersion,
+    builds: Vec<Build>,
+}
+
+impl Toolchain {
+    fn build(&self, v: Variant) -> Option<&Build> {
+        self.builds.iter().find(|b| b.variant == v)
+    }
+    fn name(&self) -> &str {
+        &self.goversion
+    }
+}
+
+struct Fixture {
+    toolchains: Vec<Toolchain>,
+}
+
+static FIXTURE: OnceLock<Result<Fixture, String>> = OnceLock::new();
+static TEMP_DIR: OnceLock<PathBuf> = OnceLock::new();
+
+extern "C" fn remove_temp_dir() {
+    if let Some(dir) = TEMP_DIR.get() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+fn fixture() -> &'static Fixture {
+    match FIXTURE.get_or_init(build_fixture) {
+        Ok(f) => f,
+        Err(e) => panic!("{e}"),
+    }
+}
+
+fn toolchain_paths() -> Result<Vec<PathBuf>, String> {
+    if let Ok(list) = std::env::var("GOALLOC_GO_TOOLCHAINS") {
+        let paths: Vec<PathBuf> = list
+            .split(':')
+            .filter(|s| !s.trim().is_empty())
+            .map(PathBuf::from)
+            .collect();
+        if paths.is_empty() {
+            return Err("GOALLOC_GO_TOOLCHAINS is set but lists no go binaries".into());
+        }
+        let missing: Vec<_> = paths.iter().filter(|p| !p.is_file()).collect();
+        if !missing.is_empty() {
+            return Err(format!(
+                "GOALLOC_GO_TOOLCHAINS lists go binaries that do not exist: {missing:?}"
+            ));
+        }
+        return Ok(paths);
+    }
+    let found: Vec<PathBuf> = DEFAULT_TOOLCHAINS
+        .iter()
+        .map(PathBuf::from)
+        .filter(|p| p.is_file())
+        .collect();
+    if found.is_empty() {
+        return Err(format!(
+            "no Go toolchain found: set GOALLOC_GO_TOOLCHAINS to a colon-separated list of \
+             `go` binaries (defaults tried: {DEFAULT_TOOLCHAINS:?})"
+        ));
+    }
+    Ok(found)
+}
+
+fn go_command(go: &Path, gocache: &Path, tmp: &Path) -> Command {
+    let mut cmd = Command::new(go);
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if k.starts_with("GO") || k.starts_with("CGO_") {
+            cmd.env_remove(&k);
+        }
+    }
+    cmd.env("GOTOOLCHAIN", "local")
+        .env("GOFLAGS", "-buildvcs=false")
+        .env("GOCACHE", gocache)
+        .env("GOPATH", tmp.join("gopath"))
+        .env("GOPROXY", "off")
+        .env("GO111MODULE", "on")
+        .env("GOENV", "off")
+        .env("GOTMPDIR", tmp);
+    cmd
+}
+
+fn run(cmd: &mut Command) -> Result<String, String> {
+    let out = cmd
+        .output()
+        .map_err(|e| format!("cannot run {cmd:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+fn build_fixture() -> Result<Fixture, String> {
+    let paths = toolchain_paths()?;
+    let dir = tempfile::Builder::new()
+        .prefix("goalloc-binary-tests-")
+        .tempdir()
+        .map_err(|e| format!("cannot create a temp dir: {e}"))?
+        .keep();
+    if TEMP_DIR.set(dir.clone()).is_ok() {
+        // SAFETY: registers a plain extern "C" function with no arguments.
+        unsafe {
+            libc::atexit(remove_temp_dir);
+        }
+    }
+    let gocache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gocache");
+    std::fs::create_dir_all(&gocache).map_err(|e| format!("{}: {e}", gocache.display()))?;
+
+    let results: Vec<Result<Toolchain, String>> = std::thread::scope(|s| {
+        let handles: Vec<_> = paths
+            .iter()
+            .enumerate()
+            .map(|(i, go)| {
+                let tdir = dir.join(format!("tc{i}"));
+                let gocache = gocache.clone();
+                s.spawn(move || build_toolchain(go, &tdir, &gocache))
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| Err("build thread panicked".into())))
+            .collect()
+    });
+    let toolchains = results.into_iter().collect::<Result<Vec<_>, _>>()?;
+    Ok(Fixture { toolchains })
+}
+
+fn build_toolchain(go: &Path, dir: &Path, gocache: &Path) -> Result<Toolchain, String> {
+    let io = |e: std::io::Error| format!("{}: {e}", dir.display());
+    let plain = dir.join("plain");
+    let cgo = dir.join("cgo");
+    for (d, module, src) in [
+        (&plain, "example.com/plain", PLAIN_MAIN),
+        (&cgo, "example.com/cgo", CGO_MAIN),
+    ] {
+        std::fs::create_dir_all(d).map_err(io)?;
+        std::fs::write(d.join("go.mod"), format!("module {module}\n\ngo 1.16\n")).map_err(io)?;
+        std::fs::write(d.join("main.go"), src).map_err(io)?;
+    }
+    let goversion = run(go_command(go, gocache, dir).args(["env", "GOVERSION"]))?;
+    let version = GoVersion::parse(&goversion)
+        .ok_or_else(|| format!("{}: cannot parse GOVERSION {goversion:?}", go.display()))?;
+
+    let mut builds = Vec::new();
+    for v in Variant::ALL {
+        if v == Variant::NoSizeSpecializedMalloc && version < GoVersion::new(1, 27, 0) {
+            continue;
+        }
+        let out = dir.join(format!("{v:?}").to_lowercase());
+        let mut cmd = go_command(go, gocache, dir);
+        cmd.current_dir(if v.cgo() { &cgo } else { &plain });
+        cmd.args(["build", "-o"]).arg(&out);
+        if v.pie() {
+            cmd.arg("-buildmode=pie");
+        }
+        if v.stripped() {
+            cmd.arg("-ldflags=-s -w");
+        }
+        if v.cgo() {
+            cmd.env("CGO_ENABLED", "1");
+        }
+        if v.arm64() {
+            cmd.env("GOARCH", "arm64").env("CGO_ENABLED", "0");
+        }
+        if v == Variant::NoSizeSpecializedMalloc {
+            cmd.env("GOEXPERIMENT", "nosizespecializedmalloc");
+        }
+        cmd.arg(".");
+        run(&mut cmd)?;
+        let bin = GoBinary::open(&out)
+            .map_err(|e| format!("{goversion} {v:?}: GoBinary::open failed: {e}"))?;
+        builds.push(Build {
+            variant: v,
+            path: out,
+            bin,
+        });
+    }
+    Ok(Toolchain {
+        go: go.to_path_buf(),
+        goversion,
+        version,
+        builds,
+    })
+}
+
+/// Runs `check` on every build, collecting failures into one panic message.
+fn check_all(mut check: impl FnMut(&Toolchain, &Build) -> Result<(), String>) {
+    let fx = fixture();
+    let mut failures = Vec::new();
+    let mut n = 0;
+    for tc in &fx.toolchains {
+        for b in &tc.builds {
+            n += 1;
+            if let Err(e) = check(tc, b) {
+                failures.push(format!("{} {:?}: {e}", tc.name(), b.variant));
+            }
+        }
+    }
+    assert!(n > 0, "no Go binaries were built");
+    assert!(
+        failures.is_empty(),
+        "{} of {n} builds failed:\n{}",
+        failures.len(),
+        failures.join("\n")
+    );
+}
+
+fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<(), String> {
+    if cond { Ok(()) } else { Err(msg()) }
+}
+
+#[test]
+fn build_info_matches_toolchain() {
+    check_all(|tc, b| {
+        let bi = b.bin.build_info();
+        ensure(bi.go_version.starts_with(&tc.goversion), || {
+            format!("go_version {:?}, toolchain {:?}", bi.go_version, tc.goversion)
+        })?;
+        ensure(bi.version == tc.version, || {
+            format!("version {} != {}", bi.version, tc.version)
+        })?;
+        ensure(b.bin.go_version() == tc.version, || "go_version()".into())?;
+        let want_path = if b.variant.cgo() {
+            "example.com/cgo"
+        } else {
+            "example.com/plain"
+        };
+        ensure(bi.path.as_deref() == Some(want_path), || {
+            format!("path {:?}", bi.path)
+        })?;
+        let goarch = if b.variant.arm64() { "arm64" } else { "amd64" };
+        ensure(bi.setting("GOARCH") == Some(goarch), || {
+            format!("GOARCH {:?}", bi.setting("GOARCH"))
+        })?;
+        if b.variant.pie() {
+            ensure(bi.setting("-buildmode") == Some("pie"), || {
+                format!("-buildmode {:?}", bi.setting("-buildmode"))
+            })?;
+            ensure(b.bin.is_pie(), || "is_pie() is false".into())?;
+        }
+        if b.variant.stripped() {
+            ensure(bi.setting("-ldflags") == Some("-s -w"), || {
+                format!("-ldflags {:?}", bi.setting("-ldflags"))
+            })?;
+        }
+        if b.variant.cgo() {
+            ensure(bi.setting("CGO_ENABLED") == Some("1"), || {
+                format!("CGO_ENABLED {:?}", bi.setting("CGO_ENABLED"))
+            })?;
+        }
+        let want_arch = if b.variant.arm64() {
+            Arch::Aarch64
+        } else {
+            Arch::X86_64
+        };
+        ensure(b.bin.arch() == want_arch, || format!("arch {:?}", b.bin.arch()))
+    });
+}
+
+#[test]
+fn experiment_is_reported() {
+    let fx = fixture();
+    let builds: Vec<_> = fx
+        .toolchains
+        .iter()
+        .filter_map(|tc| Some((tc, tc.build(Variant::NoSizeSpecializedMalloc)?)))
+        .collect();
+    assert!(
+        !builds.is_empty(),
+        "no Go >= 1.27 toolchain among {:?}: cannot test GOEXPERIMENT=nosizespecializedmalloc",
+        fx.toolchains.iter().map(|t| &t.go).collect::<Vec<_>>()
+    );
+    for (tc, b) in builds {
+        let bi = b.bin.build_info();
+        assert!(
+            bi.experiments.iter().any(|e| e == "nosizespecializedmalloc"),
+            "{}: experiments {:?} (version {:?})",
+            tc.name(),
+            bi.experiments,
+            bi.go_version
+        );
+        assert!(bi.has_experiment("nosizespecializedmalloc"));
+        assert_eq!(bi.experiments.len(), 1, "{:?}", bi.experiments);
+        assert_eq!(bi.setting("GOEXPERIMENT"), Some("nosizespecializedmalloc"));
+        // The default build of the same toolchain has no experiment.
+        let def = tc.build(Variant::Default).unwrap();
+        assert!(def.bin.build_info().experiments.is_empty());
+        assert!(!def.bin.build_info().has_experiment("nosizespecializedmalloc"));
+    }
+}
+
+#[test]
+fn symbol_source_and_runtime_lookups() {
+    check_all(|_, b| {
+        let want = if b.variant.stripped() {
+            SymbolSource::Pclntab
+        } else {
+            SymbolSource::Symtab
+        };
+        ensure(b.bin.symbol_source() == want, || {
+            format!("symbol_source {:?}", b.bin.symbol_source())
+        })?;
+        for name in ["runtime.mallocgc", "runtime.newproc1", "runtime.newproc", "main.main"] {
+            let f = b.bin.lookup(name).ok_or_else(|| format!("{name} not found"))?;
+            ensure(f.name == name && f.end > f.entry, || format!("{f:?}"))?;
+        }
+        ensure(b.bin.lookup("runtime.nosuchfunction").is_none(), || {
+            "found a missing function".into()
+        })?;
+        // functions() has one entry per name, all resolvable by lookup.
+        let mut n = 0;
+        for f in b.bin.functions() {
+            n += 1;
+            ensure(b.bin.lookup(&f.name) == Some(f), || {
+                format!("lookup({}) disagrees with functions()", f.name)
+            })?;
+        }
+        ensure(n > 1000, || format!("only {n} functions"))
+    });
+}
+
+/// Functions in `reference` (a symtab list) whose entry differs in the
+/// pclntab list. Only runtime.* names; ABI0 wrappers (".abi0" in symtab)
+/// are skipped.
+fn pclntab_mismatches(reference: &[&Function], pcln: &[Function]) -> (usize, Vec<String>) {
+    let by_name: HashMap<&str, &Function> = pcln.iter().map(|f| (f.name.as_str(), f)).collect();
+    let mut compared = 0;
+    let mut bad = Vec::new();
+    for f in reference {
+        if !f.name.starts_with("runtime.") || f.name.ends_with(".abi0") {
+            continue;
+        }
+        compared += 1;
+        match by_name.get(f.name.as_str()) {
+            Some(p) if p.entry == f.entry && p.end >= f.end => {}
+            Some(p) => bad.push(format!(
+                "{}: symtab {:#x}..{:#x}, pclntab {:#x}..{:#x}",
+                f.name, f.entry, f.end, p.entry, p.end
+            )),
+            None => bad.push(format!("{}: missing from pclntab", f.name)),
+        }
+    }
+    (compared, bad)
+}
+
+#[test]
+fn pclntab_agrees_with_symtab() {
+    let fx = fixture();
+    check_all(|tc, b| {
+        let pcln = b.bin.pclntab_functions().map_err(|e| e.to_string())?;
+        let reference_build = match b.variant.unstripped_sibling() {
+            Some(v) => tc.build(v).ok_or("missing sibling build")?,
+            None if b.bin.symbol_source() == SymbolSource::Symtab => b,
+            None => return Ok(()), // stripped, no sibling: covered elsewhere
+        };
+        let reference: Vec<&Function> = reference_build.bin.functions().collect();
+        let (compared, bad) = pclntab_mismatches(&reference, &pcln);
+        ensure(compared > 500, || format!("only {compared} runtime functions compared"))?;
+        ensure(bad.is_empty(), || {
+            format!(
+                "{} of {compared} runtime functions differ (text start {:?}), e.g. {:?}",
+                bad.len(),
+                b.bin.pclntab_info().map(|i| i.text_start),
+                &bad[..bad.len().min(5)]
+            )
+        })
+    });
+    // Print the layouts seen (cargo test -- --nocapture).
+    for tc in &fx.toolchains {
+        for b in &tc.builds {
+            if let Ok(i) = b.bin.pclntab_info() {
+                let text_sec = super::elf::Elf::parse(b.bin.data())
+                    .ok()
+                    .and_then(|e| e.section(".text").map(|s| s.addr));
+                eprintln!(
+                    "{} {:?}: pclntab {:?} at {:#x} ({:?}), header textStart {:#x}, text start {:#x} from {:?}, .text {:x?}, moduledata {:x?}",
+                    tc.name(),
+                    b.variant,
+                    i.location,
+                    i.vaddr,
+                    i.header.version,
+                    i.header.text_start,
+                    i.text_start,
+                    i.text_start_source,
+                    text_sec,
+                    i.moduledata
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn mallocgc_code_starts_with_stack_check() {
+    check_all(|_, b| {
+        let f = b.bin.lookup("runtime.mallocgc").ok_or("no mallocgc")?;
+        let code = b.bin.code(f).map_err(|e| e.to_string())?;
+        ensure(code.len() as u64 == f.end - f.entry, || "code length".into())?;
+        let want = match b.bin.arch() {
+            Arch::X86_64 => AMD64_PROLOGUE,
+            Arch::Aarch64 => ARM64_PROLOGUE,
+        };
+        ensure(code.starts_with(&want), || {
+            format!("mallocgc starts with {:02x?}", &code[..code.len().min(8)])
+        })?;
+        // file_offset agrees with code().
+        let off = b.bin.file_offset(f.entry).map_err(|e| e.to_string())?;
+        let at = usize::try_from(off).map_err(|e| e.to_string())?;
+        ensure(b.bin.data().get(at..at + 4) == Some(&want[..]), || {
+            format!("bytes at file offset {off:#x}")
+        })?;
+        // Unmapped addresses are errors.
+        for bad in [u64::MAX, 0] {
+            match b.bin.file_offset(bad) {
+                Err(BinaryError::AddressNotMapped(a)) if a == bad => {}
+                other => return Err(format!("file_offset({bad:#x}) = {other:?}")),
+            }
+        }
+        Ok(())
+    });
+}
+
+#[test]
+fn pie_file_offsets() {
+    // External-link PIE starts at vaddr 0; text is not at file offset 0x1000.
+    let fx = fixture();
+    let mut seen = 0;
+    for tc in &fx.toolchains {
+        for v in [Variant::CgoPie, Variant::CgoPieStripped] {
+            let b = tc.build(v).unwrap();
+            let f = b.bin.lookup("runtime.newproc1").unwrap();
+            assert!(f.entry < 0x40_0000, "{} {v:?}: {f:?}", tc.name());
+            let off = b.bin.file_offset(f.entry).unwrap();
+            assert!(off <= f.entry);
+            assert!(b.bin.code(f).unwrap().starts_with(&AMD64_PROLOGUE));
+            seen += 1;
+        }
+    }
+    assert!(seen > 0);
+}
+
+#[test]
+fn largest_body_wins() {
+    check_all(|_, b| {
+        let all = b.bin.pclntab_functions_all().map_err(|e| e.to_string())?;
+        for name in ["runtime.newproc", "runtime.goexit1"] {
+            let copies: Vec<&Function> = all.iter().filter(|f| f.name == name).collect();
+            ensure(copies.len() >= 2, || {
+                format!("{name}: expected a wrapper and a body, got {copies:?}")
+            })?;
+            let biggest = copies.iter().max_by_key(|f| f.size()).unwrap();
+            let got = b.bin.lookup(name).ok_or("missing")?;
+            ensure(got.entry == biggest.entry, || {
+                format!("{name}: lookup {got:?}, largest {biggest:?}, all {copies:?}")
+            })?;
+            let dedup = b.bin.pclntab_functions().map_err(|e| e.to_string())?;
+            let d = dedup.iter().find(|f| f.name == name).ok_or("missing in dedup")?;
+            ensure(d == *biggest, || format!("pclntab_functions picked {d:?}"))?;
+        }
+        Ok(())
+    });
+}
+
+/// Removes the section header table, as some packers/strippers do.
+fn without_section_headers(data: &[u8]) -> Vec<u8> {
+    let mut d = data.to_vec();
+    d[40..48].fill(0); // e_shoff
+    d[58..64].fill(0); // e_shentsize, e_shnum, e_shstrndx
+    d
+}
+
+#[test]
+fn works_without_section_headers() {
+    check_all(|_, b| {
+        let bin = GoBinary::parse(without_section_headers(b.bin.data()))
+            .map_err(|e| format!("parse without section headers: {e}"))?;
+        ensure(bin.symbol_source() == SymbolSource::Pclntab, || "source".into())?;
+        ensure(bin.build_info().go_version == b.bin.build_info().go_version, || {
+            "build info differs".into()
+        })?;
+        ensure(bin.build_info().settings == b.bin.build_info().settings, || {
+            "settings differ".into()
+        })?;
+        let info = bin.pclntab_info().map_err(|e| e.to_string())?;
+        ensure(info.location == PclntabLocation::Scan, || format!("{info:?}"))?;
+        let want = b.bin.pclntab_functions().map_err(|e| e.to_string())?;
+        let got: Vec<Function> = bin.functions().cloned().collect();
+        ensure(got == want, || "function lists differ".into())?;
+        let f = bin.lookup("runtime.mallocgc").ok_or("no mallocgc")?;
+        ensure(
+            bin.code(f).map_err(|e| e.to_string())? == b.bin.code(f).map_err(|e| e.to_string())?,
+            || "code differs".into(),
+        )
+    });
+}
+
+#[test]
+fn open_proc_pid_exe() {
+    let fx = fixture();
+    let tc = &fx.toolchains[0];
+    let b = tc.build(Variant::Default).unwrap();
+    let mut child = Command::new(&b.path)
+        .arg("wait")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the Go test program");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready");
+    let proc_path = PathBuf::from(format!("/proc/{}/exe", child.id()));
+    let opened = GoBinary::open(&proc_path);
+    drop(child.stdin.take()); // EOF: the program exits
+    let status = child.wait().unwrap();
+    let bin = opened.unwrap_or_else(|e| panic!("open {}: {e}", proc_path.display()));
+    assert!(status.success());
+    assert_eq!(bin.build_info().go_version, b.bin.build_info().go_version);
+    assert_eq!(
+        bin.lookup("runtime.mallocgc"),
+        b.bin.lookup("runtime.mallocgc")
+    );
+}
+
+#[test]
+fn io_error_names_the_path() {
+    let e = GoBinary::open(Path::new("/nonexistent/goalloc-test")).unwrap_err();
+    assert!(matches!(e, BinaryError::Io { .. }));
+    assert!(e.to_string().contains("/nonexistent/goalloc-test"), "{e}");
+}
+
+#[test]
+fn rejects_non_elf_and_random_bytes() {
+    assert!(matches!(
+        GoBinary::parse(b"#!/bin/sh\necho hi\n".to_vec()),
+        Err(BinaryError::NotElf)
+    ));
+    assert!(matches!(GoBinary::parse(Vec::new()), Err(BinaryError::NotElf)));
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for i in 0..200 {
+        let len = (next() % 8192) as usize;
+        let mut d: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+        if i % 2 == 0 && d.len() >= 64 {
+            // A plausible ELF64 header over random contents.
+            d[..6].copy_from_slice(b"\x7fELF\x02\x01");
+            d[18..20].copy_from_slice(&62u16.to_le_bytes());
+        }
+        assert!(GoBinary::parse(d).is_err());
+    }
+}
+
+#[test]
+fn rejects_non_go_elf() {
+    let e = GoBinary::open(Path::new("/bin/ls")).unwrap_err();
+    assert!(matches!(e, BinaryError::NotGo), "{e:?}");
+    assert!(e.to_string().contains("not a Go executable"), "{e}");
+}
+
+#[test]
+fn rejects_truncated_and_corrupt_go_binaries() {
+    let fx = fixture();
+    for tc in &fx.toolchains {
+        for v in [Variant::Default, Variant::PieStripped, Variant::CgoPieStripped] {
+            let data = tc.build(v).unwrap().bin.data();
+            let half = data[..data.len() / 2].to_vec();
+            let e = GoBinary::parse(half).unwrap_err();
+            assert!(
+                matches!(e, BinaryError::BadElf(_) | BinaryError::NotGo),
+                "{} {v:?}: {e:?}",
+                tc.name()
+            );
+            // Without section headers, truncation is found through the segments.
+            let mut half = without_section_headers(data);
+            half.truncate(data.len() / 2);
+            assert!(GoBinary::parse(half).is_err());
+        }
+    }
+    // Random corruption of a stripped binary's headers, build info and
+    // pclntab must never panic.
+    let tc = &fx.toolchains[fx.toolchains.len() - 1];
+    let b = tc.build(Variant::PieStripped).unwrap();
+    let info = b.bin.pclntab_info().unwrap();
+    let pcln_off = b.bin.elf.load_segment_for(info.vaddr).unwrap().file_offset(info.vaddr).unwrap() as usize;
+    let regions = [(0usize, 0x1000usize), (pcln_off, 0x4000)];
+    let mut state = 0x1234_5678_9abc_def1u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..150 {
+        let mut d = b.bin.data().to_vec();
+        for _ in 0..4 {
+            let (start, len) = regions[(next() % 2) as usize];
+            let i = start + (next() as usize % len);
+            if let Some(byte) = d.get_mut(i) {
+                *byte = next() as u8;
+            }
+        }
+        if let Ok(bin) = GoBinary::parse(d) {
+            let _ = bin.pclntab_functions();
+            for f in bin.functions().take(50) {
+                let _ = bin.code(f);
+            }
+        }
+    }
+}
+
+#[test]
+fn error_messages_are_one_line() {
+    let errors = [
+        BinaryError::NotElf,
+        BinaryError::NotGo,
+        BinaryError::NoPclntab,
+        BinaryError::NoTextStart,
+        BinaryError::BadPclntab(PclntabError::TooOld(pclntab::MAGIC_GO12)),
+        BinaryError::BadBuildInfo(BuildInfoError::BadMagic),
+        BinaryError::UnsupportedArch("ELF machine 40".into()),
+        BinaryError::AddressNotMapped(0x1234),
+        BinaryError::TextStartMismatch {
+            header: 1,
+            moduledata: 2,
+        },
+    ];
+    for e in errors {
+        let s = e.to_string();
+        assert!(!s.contains('\n') && s.len() > 20, "{s}");
+    }
+    assert_eq!(
+        BinaryError::NotGo.to_string(),
+        "not a Go executable: no .go.buildinfo section; point goalloc at a program built by the Go toolchain"
+    );
+}
+
+#[test]
+fn one_per_name_prefers_largest() {
+    let f = |name: &str, entry, end| Function {
+        name: name.into(),
+        entry,
+        end,
+    };
+    let got = one_per_name(vec![
+        f("b", 0x300, 0x310),
+        f("a", 0x100, 0x180),
+        f("b", 0x200, 0x280),
+        f("a", 0x400, 0x410),
+        f("c", 0x500, 0x510),
+        f("c", 0x600, 0x610),
+    ]);
+    assert_eq!(
+        got,
+        vec![f("a", 0x100, 0x180), f("b", 0x200, 0x280), f("c", 0x500, 0x510)]
+    );
+}

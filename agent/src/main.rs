@@ -1,0 +1,123 @@
+//! The `goalloc` command line.
+
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use goalloc::{
+    binary::GoBinary,
+    plan::{self, PlanOptions},
+    report::OutputFormat,
+    watch::{self, WatchOptions},
+};
+
+#[derive(Parser)]
+#[command(name = "goalloc", version, about = "Exact heap-allocation and goroutine counts for Go processes, from eBPF")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show live per-process allocation and goroutine rates.
+    Watch {
+        /// Process to watch (repeatable).
+        #[arg(long = "pid", value_name = "PID", conflicts_with = "binary")]
+        pids: Vec<u32>,
+        /// Watch every process running this Go executable.
+        #[arg(long, value_name = "PATH")]
+        binary: Option<PathBuf>,
+        /// Time between rows.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
+        /// Stop after this long and print totals (default: until Ctrl-C or
+        /// until every watched process has exited).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+        /// Where to probe (`entry` only to measure its cost in benchmarks).
+        #[arg(long, value_enum, default_value_t = Placement::Prologue, hide = true)]
+        placement: Placement,
+    },
+    /// Show what goalloc would probe in a Go executable, without attaching.
+    Inspect {
+        /// Path of the Go executable (or /proc/PID/exe).
+        path: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Placement {
+    Prologue,
+    Entry,
+}
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("warn")).init();
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line: what went wrong, with its causes.
+            eprintln!("goalloc: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Watch {
+            pids,
+            binary,
+            interval,
+            duration,
+            output,
+            placement,
+        } => {
+            if interval.is_zero() {
+                anyhow::bail!("--interval must be greater than zero");
+            }
+            let opts = WatchOptions {
+                target: watch::target_from(pids, binary)?,
+                interval,
+                duration,
+                output,
+                plan: PlanOptions {
+                    at_entry: placement == Placement::Entry,
+                },
+            };
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            rt.block_on(watch::run(opts, std::io::stdout()))
+        }
+        Command::Inspect { path } => inspect(&path),
+    }
+}
+
+fn inspect(path: &std::path::Path) -> Result<()> {
+    let bin = GoBinary::open(path)?;
+    let info = bin.build_info();
+    println!("binary:     {}", path.display());
+    println!("go version: {}", info.go_version);
+    println!("arch:       {:?}", bin.arch());
+    println!("symbols:    {:?}", bin.symbol_source());
+    if !info.experiments.is_empty() {
+        println!("experiments: {}", info.experiments.join(","));
+    }
+    let plan = plan::plan_for_arch(&bin, PlanOptions::default())?;
+    println!("scheme:     {:?}", plan.scheme);
+    println!("{:<44} {:>18} {:>12} {:<16} INSTRUCTION", "FUNCTION", "PROBE VADDR", "FILE OFFSET", "PLACEMENT");
+    for p in &plan.probes {
+        println!(
+            "{:<44} {:>#18x} {:>#12x} {:<16} {}",
+            p.function,
+            p.vaddr,
+            p.file_offset,
+            format!("{:?}", p.placement),
+            p.instruction
+        );
+    }
+    Ok(())
+}

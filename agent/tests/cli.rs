@@ -1,0 +1,153 @@
+//! The `goalloc` command as users run it: `watch` on a live Go process, its
+//! JSON output, exit when the process exits, and one-line errors on bad input.
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read},
+    process::{Command, Stdio},
+    sync::mpsc,
+    time::Duration,
+};
+
+use common::{parse_phases, require_bpf, run_with_stops, variant};
+
+const GOALLOC: &str = env!("CARGO_BIN_EXE_goalloc");
+
+fn goalloc(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(GOALLOC).args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A failing command prints exactly one line, starting with "goalloc: error:".
+fn assert_one_line_error(args: &[&str], needle: &str) {
+    let (code, stdout, stderr) = goalloc(args);
+    assert_ne!(code, 0, "{args:?} should fail");
+    assert!(stdout.is_empty(), "{args:?} printed to stdout: {stdout}");
+    let lines: Vec<_> = stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got:\n{stderr}");
+    assert!(lines[0].starts_with("goalloc: error: "), "{}", lines[0]);
+    assert!(lines[0].contains(needle), "{args:?}: {:?} lacks {needle:?}", lines[0]);
+}
+
+#[test]
+fn errors_are_one_clear_line() {
+    assert_one_line_error(&["watch", "--pid", "4000000000"], "no such process: 4000000000");
+    assert_one_line_error(&["watch", "--binary", "/nonexistent/app"], "/nonexistent/app");
+    assert_one_line_error(&["watch", "--binary", "/bin/sh"], "not a Go executable");
+    assert_one_line_error(&["inspect", "/bin/sh"], "not a Go executable");
+    assert_one_line_error(&["watch"], "nothing to watch");
+    assert_one_line_error(&["watch", "--binary", "/bin/sh", "--interval", "0s"], "--interval");
+
+    // A running process that is not Go.
+    let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
+    let pid = sleeper.id().to_string();
+    assert_one_line_error(&["watch", "--pid", &pid], "not a Go executable");
+    sleeper.kill().unwrap();
+    sleeper.wait().unwrap();
+
+    // A corrupt Go binary: the first half of a real one.
+    let v = variant("go1.27.3");
+    let data = std::fs::read(v.program("fixture")).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cut = dir.path().join("cut");
+    std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
+    let (code, _, stderr) = goalloc(&["inspect", cut.to_str().unwrap()]);
+    assert_ne!(code, 0);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+}
+
+#[test]
+fn inspect_shows_the_plan() {
+    let v = variant("go1.27.3");
+    let (code, stdout, stderr) = goalloc(&["inspect", v.program("fixture").to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.contains("go1.27.3"), "{stdout}");
+    assert!(stdout.contains("runtime.mallocgc "), "{stdout}");
+    assert!(stdout.contains("runtime.newproc1"), "{stdout}");
+    assert!(stdout.contains("AfterStackCheck"), "{stdout}");
+    assert!(stdout.contains("MallocgcAndSpecialized"), "{stdout}");
+}
+
+/// `goalloc watch --pid` on the fixture: JSON rows while it runs, its totals
+/// once it exits, then goalloc exits 0 by itself.
+#[test]
+fn watch_pid_json_until_exit() {
+    if !require_bpf() {
+        return;
+    }
+    let v = variant("go1.27.3");
+    let fixture = v.program("fixture");
+    let mut watcher = None;
+    let (tx, rx) = mpsc::channel();
+    let fin = run_with_stops(
+        &fixture,
+        &["-phases=tiny,small-scan,goroutines"],
+        |_| {},
+        |pid, stop| {
+            if stop == 0 {
+                // The fixture is stopped before its first phase: attach now.
+                let mut child = Command::new(GOALLOC)
+                    .args(["watch", "--pid", &pid.to_string(), "--output", "json", "--interval", "100ms"])
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                let mut stderr = BufReader::new(child.stderr.take().unwrap());
+                let mut line = String::new();
+                stderr.read_line(&mut line).unwrap();
+                assert!(line.contains("attached"), "goalloc said: {line}");
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    let mut rest = String::new();
+                    stderr.read_to_string(&mut rest).unwrap();
+                    tx.send(rest).unwrap();
+                });
+                watcher = Some(child);
+            }
+        },
+    );
+    assert_eq!(fin.code, 0);
+    let phases = parse_phases(&fin.stdout);
+    let mut child = watcher.expect("fixture never stopped");
+    // goalloc notices the exit within an interval or two.
+    let mut status = None;
+    for _ in 0..100 {
+        if let Some(s) = child.try_wait().unwrap() {
+            status = Some(s);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let status = status.expect("goalloc watch did not exit after its only process exited");
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    let stderr = rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    assert!(status.success(), "goalloc failed: {stderr}");
+    assert!(stderr.is_empty(), "unexpected stderr: {stderr}");
+
+    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (totals, intervals): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r["total"] == true);
+    assert_eq!(totals.len(), 1, "{out}");
+    let total = totals[0];
+    assert_eq!(total["exited"], true);
+    assert_eq!(total["go_version"], "go1.27.3");
+    for key in ["allocs", "bytes", "goroutines_created", "goroutines_exited"] {
+        let sum: u64 = intervals.iter().map(|r| r[key].as_u64().unwrap()).sum();
+        let total = total[key].as_u64().unwrap();
+        // The last interval of an exited process is folded into its total.
+        assert!(sum <= total, "{key}: intervals {sum} > total {total}");
+    }
+    let mallocs: u64 = phases.iter().map(|p| p.mallocs).sum();
+    let created: u64 = phases.iter().map(|p| p.goroutines_created).sum();
+    // The whole run includes more than the measured phases (start-up after
+    // attach, printing), never less.
+    assert!(total["allocs"].as_u64().unwrap() >= mallocs, "{total} vs {mallocs}");
+    assert!(total["goroutines_created"].as_u64().unwrap() >= created);
+    assert_eq!(created, 1000);
+    println!("watch total: {total}");
+}

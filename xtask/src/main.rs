@@ -1,0 +1,72 @@
+//! Project tasks: `cargo xtask <setup|fixtures|test|demo|bench>`.
+//!
+//! Everything is cached under `<workspace>/.cache` (or `$GOALLOC_CACHE`):
+//! `tools/bin/bpf-linker`, `go/<version>/go/bin/go`, `gocache/`, `gopath/`,
+//! `fixtures/<variant>/<program>` (+ `variant.json`), `fixtures/index.json`.
+
+mod bench;
+mod demo;
+mod fixtures;
+mod setup;
+mod test;
+mod util;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "goalloc project tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what the build and the tests need (Debian packages, bpf-linker, Go toolchains).
+    Setup,
+    /// Build the Go programs of tests/go/ for each Go variant (GOALLOC_MATRIX=full: all).
+    Fixtures,
+    /// setup + fixtures + cargo fmt --check + clippy + cargo test (args after `--` go to cargo test).
+    Test {
+        #[arg(last = true)]
+        cargo_test_args: Vec<String>,
+    },
+    /// Watch the demo Go service with goalloc (args after `--` go to `goalloc watch`,
+    /// default `--duration 30s`).
+    Demo {
+        #[arg(last = true)]
+        goalloc_args: Vec<String>,
+    },
+    /// Measure the probe overhead on an allocation hot loop, per Go variant.
+    Bench {
+        /// Allocations per run.
+        #[arg(long, default_value_t = 2_000_000)]
+        n: u64,
+        /// Allocations per run with `--placement entry` (much slower per hit).
+        #[arg(long, default_value_t = 100_000)]
+        entry_n: u64,
+        /// Runs per measurement (the median is shown).
+        #[arg(long, default_value_t = 3)]
+        repeat: usize,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let ctx = util::Ctx::new()?;
+    match cli.cmd {
+        Cmd::Setup => setup::setup(&ctx),
+        Cmd::Fixtures => fixtures::fixtures(&ctx),
+        Cmd::Test { cargo_test_args } => test::test(&ctx, &cargo_test_args),
+        Cmd::Demo { goalloc_args } => demo::demo(&ctx, &goalloc_args),
+        Cmd::Bench { n, entry_n, repeat } => bench::bench(
+            &ctx,
+            &bench::Options {
+                n,
+                entry_n,
+                repeat: repeat.max(1),
+            },
+        ),
+    }
+}
