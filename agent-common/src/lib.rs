@@ -5,8 +5,15 @@
 #![no_std]
 
 /// Number of log2 size buckets. Bucket `i` counts requested sizes in
-/// `[2^i, 2^(i+1))`; the last bucket also takes everything larger.
+/// `(2^(i-1), 2^i]` (bucket 0: size 1), so its inclusive upper bound is `2^i`,
+/// which maps onto a Prometheus `le` directly. The last bucket also takes
+/// everything larger.
 pub const HIST_BUCKETS: usize = 40;
+
+/// Inclusive upper bound of bucket `i`.
+pub const fn bucket_upper_bound(i: usize) -> u64 {
+    1u64 << i
+}
 
 /// Capacity of the per-process statistics map.
 pub const MAX_PROCESSES: u32 = 16_384;
@@ -60,11 +67,15 @@ impl Default for ProcStats {
     }
 }
 
-/// The log2 histogram bucket of a requested size.
+/// The histogram bucket of a requested size: `ceil(log2(size))`.
 #[inline(always)]
 pub fn size_bucket(size: u64) -> usize {
-    // Branchy binary search: the BPF backend has no count-leading-zeros.
-    let mut v = size;
+    if size <= 1 {
+        return 0;
+    }
+    // floor(log2(size - 1)) + 1, by a branchy binary search: the BPF backend
+    // has no count-leading-zeros.
+    let mut v = size - 1;
     let mut r = 0usize;
     if v >= 1 << 32 {
         v >>= 32;
@@ -89,6 +100,7 @@ pub fn size_bucket(size: u64) -> usize {
     if v >= 1 << 1 {
         r += 1;
     }
+    r += 1;
     if r >= HIST_BUCKETS {
         HIST_BUCKETS - 1
     } else {
@@ -149,7 +161,28 @@ pub mod counter {
     pub const READ_ERRORS: u32 = 5;
     pub const GOROUTINE_CREATE_HITS: u32 = 6;
     pub const GOROUTINE_EXIT_HITS: u32 = 7;
-    pub const COUNT: u32 = 8;
+    /// Process events dropped because the ring buffer was full.
+    pub const EVENTS_LOST: u32 = 8;
+    pub const COUNT: u32 = 9;
+}
+
+/// Size of the process-event ring buffer (a power of two, page multiple).
+pub const EVENTS_RING_BYTES: u32 = 256 * 1024;
+
+/// A process replaced its image (`execve`): it may have become a Go program.
+pub const EVENT_EXEC: u32 = 1;
+/// A process (its thread-group leader) exited.
+pub const EVENT_EXIT: u32 = 2;
+
+/// A process lifecycle event for the agent's process tracking.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// `EVENT_*`.
+    pub kind: u32,
+    pub tgid: u32,
+    /// `bpf_ktime_get_ns()` at the event, for latency measurements.
+    pub ktime_ns: u64,
 }
 
 #[cfg(feature = "user")]
@@ -158,6 +191,7 @@ mod pod {
     unsafe impl aya::Pod for super::ProcStats {}
     unsafe impl aya::Pod for super::ProbeSite {}
     unsafe impl aya::Pod for super::VaRange {}
+    unsafe impl aya::Pod for super::ProcEvent {}
 }
 
 #[cfg(test)]
@@ -165,20 +199,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn buckets_are_floor_log2() {
+    fn buckets_are_ceil_log2() {
         assert_eq!(size_bucket(0), 0);
         assert_eq!(size_bucket(1), 0);
         assert_eq!(size_bucket(2), 1);
-        assert_eq!(size_bucket(3), 1);
+        assert_eq!(size_bucket(3), 2);
+        assert_eq!(size_bucket(4), 2);
+        assert_eq!(size_bucket(5), 3);
         assert_eq!(size_bucket(8), 3);
-        assert_eq!(size_bucket(100), 6);
+        assert_eq!(size_bucket(100), 7);
         assert_eq!(size_bucket(32768), 15);
-        assert_eq!(size_bucket(32767), 14);
+        assert_eq!(size_bucket(32769), 16);
         assert_eq!(size_bucket(1 << 39), 39);
         assert_eq!(size_bucket(u64::MAX), HIST_BUCKETS - 1);
         for i in 0..64u32 {
             let v = 1u64 << i;
-            assert_eq!(size_bucket(v), (i as usize).min(HIST_BUCKETS - 1));
+            let b = (i as usize).min(HIST_BUCKETS - 1);
+            assert_eq!(size_bucket(v), b, "{v}");
+            if b < HIST_BUCKETS - 1 {
+                assert!(v <= bucket_upper_bound(b));
+            }
+            if i < 63 {
+                assert_eq!(size_bucket(v + 1), (i as usize + 1).min(HIST_BUCKETS - 1), "{}", v + 1);
+            }
         }
     }
 

@@ -6,6 +6,7 @@
 mod alloc;
 mod goroutine;
 mod maps;
+mod process;
 mod regs;
 
 #[cfg(not(test))]

@@ -1,14 +1,14 @@
 //! Maps shared by all probe families, and the per-process accounting helpers.
 
 use agent_common::{
-    MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, counter,
+    EVENTS_RING_BYTES, MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, counter,
 };
 use aya_ebpf::{
     Global,
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_pid_tgid,
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
 };
 
 /// Cumulative counters per process (tgid). Per-CPU so the hot path needs no
@@ -24,6 +24,10 @@ pub static SITES: Array<ProbeSite> = Array::with_max_entries(MAX_SITES, 0);
 /// Processes to account when `FILTER_BY_PID` is set (`goalloc watch --pid`).
 #[map]
 pub static WATCHED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTERED_PIDS, 0);
+
+/// Process exec/exit events for the agent's process tracking.
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
 /// Self-observability counters (`agent_common::counter`).
 #[map]

@@ -6,9 +6,9 @@ use std::{collections::HashMap, path::Path};
 use agent_common::{ProbeSite, ProcStats, counter};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapError, PerCpuArray, PerCpuHashMap},
+    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
-        ProgramError, UProbe,
+        ProgramError, RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
@@ -226,6 +226,33 @@ impl Engine {
         self.attached.values().map(|a| a.links.len()).sum()
     }
 
+    /// Starts the exec/exit tracepoints and hands over their event ring
+    /// buffer (the node agent's process tracking). Call once.
+    pub fn start_process_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
+        for (name, tracepoint) in [("goalloc_exec", "sched_process_exec"), ("goalloc_exit", "sched_process_exit")] {
+            let prog: &mut RawTracePoint = self
+                .ebpf
+                .program_mut(name)
+                .ok_or(EngineError::Program {
+                    program: name,
+                    source: Box::new(ProgramError::UnexpectedProgramType),
+                })?
+                .try_into()
+                .map_err(|e| EngineError::Program {
+                    program: name,
+                    source: Box::new(e),
+                })?;
+            prog.load()
+                .and_then(|()| prog.attach(tracepoint).map(|_| ()))
+                .map_err(|e| EngineError::Program {
+                    program: name,
+                    source: Box::new(e),
+                })?;
+        }
+        let map = self.ebpf.take_map("EVENTS").expect("EVENTS map");
+        RingBuf::try_from(map).map_err(map_err("EVENTS"))
+    }
+
     /// Adds a process to the `--pid` filter.
     pub fn watch_pid(&mut self, pid: u32) -> Result<(), EngineError> {
         let mut m: BpfHashMap<_, u32, u8> =
@@ -270,15 +297,15 @@ impl Engine {
             PerCpuHashMap::try_from(self.ebpf.map_mut("PROC_STATS").expect("PROC_STATS map"))
                 .map_err(map_err("PROC_STATS"))?;
         match m.remove(&tgid) {
-            Ok(()) | Err(MapError::KeyNotFound) => {}
-            Err(e) => return Err(map_err("PROC_STATS")(e)),
+            Err(e) if !is_not_found(&e) => return Err(map_err("PROC_STATS")(e)),
+            _ => {}
         }
         let mut w: BpfHashMap<_, u32, u8> =
             BpfHashMap::try_from(self.ebpf.map_mut("WATCHED_PIDS").expect("WATCHED_PIDS map"))
                 .map_err(map_err("WATCHED_PIDS"))?;
         match w.remove(&tgid) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("WATCHED_PIDS")(e)),
+            Err(e) if !is_not_found(&e) => Err(map_err("WATCHED_PIDS")(e)),
+            _ => Ok(()),
         }
     }
 
@@ -303,6 +330,15 @@ impl Drop for Engine {
         for key in keys {
             self.detach(&key);
         }
+    }
+}
+
+/// Deleting a missing key reports ENOENT as a syscall error, not `KeyNotFound`.
+fn is_not_found(e: &MapError) -> bool {
+    match e {
+        MapError::KeyNotFound => true,
+        MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
     }
 }
 

@@ -5,7 +5,9 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 use goalloc::{
+    agent::{self, AgentOptions},
     binary::GoBinary,
+    tracker::Aggregate,
     plan::{self, PlanOptions},
     report::OutputFormat,
     watch::{self, WatchOptions},
@@ -40,6 +42,18 @@ enum Command {
         /// Where to probe (`entry` only to measure its cost in benchmarks).
         #[arg(long, value_enum, default_value_t = Placement::Prologue, hide = true)]
         placement: Placement,
+    },
+    /// Follow every Go process on this node and serve Prometheus metrics.
+    Agent {
+        /// Address of the HTTP server (/metrics, /healthz, /readyz).
+        #[arg(long, default_value = "0.0.0.0:9464")]
+        listen: std::net::SocketAddr,
+        /// Fold label sets to control cardinality.
+        #[arg(long, value_enum, default_value_t = Aggregate::Process)]
+        aggregate: Aggregate,
+        /// Period of the /proc sweep that backs up the kernel's exec/exit events.
+        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+        sweep_interval: Duration,
     },
     /// Show what goalloc would probe in a Go executable, without attaching.
     Inspect {
@@ -91,6 +105,26 @@ fn run(cli: Cli) -> Result<()> {
             };
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             rt.block_on(watch::run(opts, std::io::stdout()))
+        }
+        Command::Agent {
+            listen,
+            aggregate,
+            sweep_interval,
+        } => {
+            if sweep_interval.is_zero() {
+                anyhow::bail!("--sweep-interval must be greater than zero");
+            }
+            let opts = AgentOptions {
+                listen,
+                aggregate,
+                sweep_interval,
+                plan: PlanOptions::default(),
+            };
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(agent::run(opts))
         }
         Command::Inspect { path } => inspect(&path),
     }

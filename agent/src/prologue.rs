@@ -28,7 +28,7 @@
 //! ```text
 //!   [mov G, fs:[-8]  |  mov G, -8 / mov G, [rip+x]; mov G, fs:[G]]   (stack ABI only)
 //!   cmp rsp, [G+0x10]                                   frame <= 128
-//!   lea r12, [rsp-N];  cmp r12, [G+0x10]                frame <= 4096
+//!   lea r12, [rsp-N];  cmp r12, [G+0x10]                frame <= 4096 (rax before 1.17)
 //!   mov r12, rsp; sub r12, N; jb M; cmp r12, [G+0x10]   bigger frames
 //!   jbe M                                               (rel8 or rel32)
 //!   <probe point>
@@ -119,24 +119,35 @@ const SCAN_INSNS: usize = 12;
 /// ... and only instructions starting below this offset (so that
 /// [`MIN_PREFIX_LEN`] bytes always hold them completely on amd64).
 const SCAN_BYTES: u64 = 48;
-/// Longest `morestack` block accepted (spills of up to ~16 argument registers,
-/// the call, the unspills and the jump back).
-const MORESTACK_BLOCK_INSNS: usize = 48;
+/// Longest `morestack` block accepted: spills of all argument registers (up to
+/// 9 integer + 15 float on amd64, 16 + 16 on arm64), the call, the unspills and
+/// the jump back. Decoding stops earlier at the first branch anyway.
+const MORESTACK_BLOCK_INSNS: usize = 96;
 
 mod amd64 {
     use super::{
         MORESTACK_BLOCK_INSNS, Placement, ProbePoint, PrologueError, SCAN_BYTES, SCAN_INSNS,
         unrecognised,
     };
-    use iced_x86::{Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+    use iced_x86::{
+        Code, Decoder, DecoderError, DecoderOptions, Instruction, Mnemonic, OpKind, Register,
+    };
 
     /// Instructions decoded lazily from offset 0, in order.
     struct Stream<'a> {
         code: &'a [u8],
         decoder: Decoder<'a>,
         insns: Vec<Instruction>,
-        /// Set once decoding stopped: `None` = clean end of the bytes.
-        stop: Option<Option<PrologueError>>,
+        /// Why decoding stopped, once it has.
+        stop: Option<Stop>,
+    }
+
+    #[derive(Clone, Copy)]
+    enum Stop {
+        /// The bytes ended on an instruction boundary.
+        End,
+        Truncated,
+        Undecodable(u64),
     }
 
     impl<'a> Stream<'a> {
@@ -152,26 +163,21 @@ mod amd64 {
         /// The `k`-th instruction; `Ok(None)` if the bytes end cleanly before it.
         fn try_get(&mut self, k: usize) -> Result<Option<Instruction>, PrologueError> {
             while self.insns.len() <= k {
-                if let Some(stop) = &self.stop {
-                    return match stop {
-                        None => Ok(None),
-                        Some(PrologueError::Truncated) => Err(PrologueError::Truncated),
-                        Some(PrologueError::Undecodable { offset }) => {
-                            Err(PrologueError::Undecodable { offset: *offset })
+                match self.stop {
+                    Some(Stop::End) => return Ok(None),
+                    Some(Stop::Truncated) => return Err(PrologueError::Truncated),
+                    Some(Stop::Undecodable(offset)) => {
+                        return Err(PrologueError::Undecodable { offset });
+                    }
+                    None => match decode_one(&mut self.decoder) {
+                        Ok(Some(insn)) => self.insns.push(insn),
+                        Ok(None) => self.stop = Some(Stop::End),
+                        Err(PrologueError::Undecodable { offset }) => {
+                            self.stop = Some(Stop::Undecodable(offset))
                         }
-                        Some(PrologueError::Unrecognised { reason }) => Err(unrecognised(reason.clone())),
-                    };
-                }
-                self.stop = decode_one(&mut self.decoder).map_or_else(
-                    |e| Some(Some(e)),
-                    |insn| match insn {
-                        Some(insn) => {
-                            self.insns.push(insn);
-                            None
-                        }
-                        None => Some(None),
+                        Err(_) => self.stop = Some(Stop::Truncated),
                     },
-                );
+                }
             }
             Ok(Some(self.insns[k]))
         }
@@ -318,13 +324,9 @@ mod amd64 {
             }
             underflow_branch = Some(jb);
             k += 4;
-        } else if k > 0 {
-            return Err(unrecognised(format!(
-                "g is loaded from TLS but `{}` at +{:#x} is not a known stack-check compare",
-                format_insn(&first),
-                first.ip()
-            )));
         } else {
+            // Also NOSPLIT assembly that loads g from TLS for other reasons
+            // (e.g. sigpanic0): the scan refuses any use of that g's guard.
             return no_stack_check(&mut s);
         }
 
@@ -359,7 +361,11 @@ mod amd64 {
 
     /// The stack-check branch must go forward, past the probe point, to a block
     /// inside the function that calls morestack once and jumps back to the entry.
-    fn check_morestack_block(code: &[u8], branch: &Instruction, probe: u64) -> Result<(), PrologueError> {
+    fn check_morestack_block(
+        code: &[u8],
+        branch: &Instruction,
+        probe: u64,
+    ) -> Result<(), PrologueError> {
         let target = branch.near_branch64();
         let describe = |what: &str| {
             unrecognised(format!(
@@ -375,7 +381,8 @@ mod amd64 {
                 code.len()
             )));
         }
-        let mut decoder = Decoder::with_ip(64, &code[target as usize..], target, DecoderOptions::NONE);
+        let mut decoder =
+            Decoder::with_ip(64, &code[target as usize..], target, DecoderOptions::NONE);
         let mut calls = 0;
         for _ in 0..MORESTACK_BLOCK_INSNS {
             let insn = match decode_one(&mut decoder) {
@@ -404,13 +411,19 @@ mod amd64 {
                 _ => {}
             }
         }
-        Err(describe("which is not a morestack call followed by a jump to the entry"))
+        Err(describe(
+            "which is not a morestack call followed by a jump to the entry",
+        ))
     }
 
     fn is_control_flow(insn: &Instruction) -> bool {
         matches!(
             insn.op0_kind(),
-            OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 | OpKind::FarBranch16 | OpKind::FarBranch32
+            OpKind::NearBranch16
+                | OpKind::NearBranch32
+                | OpKind::NearBranch64
+                | OpKind::FarBranch16
+                | OpKind::FarBranch32
         ) || matches!(
             insn.mnemonic(),
             Mnemonic::Call
@@ -442,10 +455,16 @@ mod amd64 {
                 if insn.op_kind(op) != OpKind::Memory {
                     continue;
                 }
-                let guard = std::iter::once(&Register::R14)
-                    .chain(tls_regs.iter())
-                    .any(|&g| is_guard_mem(&insn, op, g));
-                let sp_cmp = cmp && (insn.op0_register() == Register::RSP || insn.op1_register() == Register::RSP);
+                // Reads of the guard; NOSPLIT code storing it (`mov [r14+0x10], -0x522`,
+                // a preemption request) is not a stack check.
+                let store = op == 0 && insn.mnemonic() == Mnemonic::Mov;
+                let guard = !store
+                    && std::iter::once(&Register::R14)
+                        .chain(tls_regs.iter())
+                        .any(|&g| is_guard_mem(&insn, op, g));
+                let sp_cmp = cmp
+                    && (insn.op0_register() == Register::RSP
+                        || insn.op1_register() == Register::RSP);
                 if guard || sp_cmp {
                     return Err(unrecognised(format!(
                         "`{}` at +{:#x} looks like a stack check, but not one of the known shapes",
@@ -459,7 +478,12 @@ mod amd64 {
             }
             if matches!(
                 insn.mnemonic(),
-                Mnemonic::Ret | Mnemonic::Retf | Mnemonic::Jmp | Mnemonic::Int3 | Mnemonic::Ud2 | Mnemonic::Hlt
+                Mnemonic::Ret
+                    | Mnemonic::Retf
+                    | Mnemonic::Jmp
+                    | Mnemonic::Int3
+                    | Mnemonic::Ud2
+                    | Mnemonic::Hlt
             ) {
                 break;
             }
@@ -485,12 +509,15 @@ mod amd64 {
                 OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64 => {
                     out.push_str(&format!("{:#x}", insn.near_branch_target()))
                 }
-                OpKind::Immediate8to16 | OpKind::Immediate8to32 | OpKind::Immediate8to64 | OpKind::Immediate32to64 => {
-                    out.push_str(&signed_hex(insn.immediate(op) as i64))
-                }
-                OpKind::Immediate8 | OpKind::Immediate8_2nd | OpKind::Immediate16 | OpKind::Immediate32 | OpKind::Immediate64 => {
-                    out.push_str(&format!("{:#x}", insn.immediate(op)))
-                }
+                OpKind::Immediate8to16
+                | OpKind::Immediate8to32
+                | OpKind::Immediate8to64
+                | OpKind::Immediate32to64 => out.push_str(&signed_hex(insn.immediate(op) as i64)),
+                OpKind::Immediate8
+                | OpKind::Immediate8_2nd
+                | OpKind::Immediate16
+                | OpKind::Immediate32
+                | OpKind::Immediate64 => out.push_str(&format!("{:#x}", insn.immediate(op))),
                 OpKind::Memory => {
                     if insn.segment_prefix() != Register::None {
                         out.push_str(&reg_name(insn.segment_prefix()));
@@ -540,7 +567,10 @@ mod amd64 {
 }
 
 mod arm64 {
-    use super::{MORESTACK_BLOCK_INSNS, Placement, ProbePoint, PrologueError, SCAN_BYTES, SCAN_INSNS, unrecognised};
+    use super::{
+        MORESTACK_BLOCK_INSNS, Placement, ProbePoint, PrologueError, SCAN_BYTES, SCAN_INSNS,
+        unrecognised,
+    };
 
     /// Fixed 4-byte little-endian instructions.
     struct Words<'a>(&'a [u8]);
@@ -595,7 +625,13 @@ mod arm64 {
         }
         let shift = if w & 0x0040_0000 != 0 { 12 } else { 0 };
         let imm = u64::from((w >> 10) & 0xfff) << shift;
-        Some((w & 0x4000_0000 != 0, w & 0x2000_0000 != 0, rd(w), rn(w), imm))
+        Some((
+            w & 0x4000_0000 != 0,
+            w & 0x2000_0000 != 0,
+            rd(w),
+            rn(w),
+            imm,
+        ))
     }
 
     /// `subs xzr, sp, x16, uxtx` = Go's `CMP R16, RSP`.
@@ -620,21 +656,34 @@ mod arm64 {
 
     /// `b.cond label`: (cond, target) for an instruction at `pc`.
     fn b_cond(w: u32, pc: u64) -> Option<(u32, i64)> {
-        (w & 0xff00_0010 == 0x5400_0000).then(|| (w & 0xf, pc as i64 + sign_extend((w >> 5) & 0x7_ffff, 19) * 4))
+        (w & 0xff00_0010 == 0x5400_0000).then(|| {
+            (
+                w & 0xf,
+                pc as i64 + sign_extend((w >> 5) & 0x7_ffff, 19) * 4,
+            )
+        })
     }
 
     /// `b label` / `bl label`: (link, target).
     fn b_imm(w: u32, pc: u64) -> Option<(bool, i64)> {
-        (w & 0x7c00_0000 == 0x1400_0000).then(|| (w & 0x8000_0000 != 0, pc as i64 + sign_extend(w & 0x3ff_ffff, 26) * 4))
+        (w & 0x7c00_0000 == 0x1400_0000).then(|| {
+            (
+                w & 0x8000_0000 != 0,
+                pc as i64 + sign_extend(w & 0x3ff_ffff, 26) * 4,
+            )
+        })
     }
 
     /// Any other branch: cbz/cbnz, tbz/tbnz, br/blr/ret.
     fn is_other_branch(w: u32) -> bool {
-        w & 0x7e00_0000 == 0x3400_0000 || w & 0x7e00_0000 == 0x3600_0000 || w & 0xfe00_0000 == 0xd600_0000
+        w & 0x7e00_0000 == 0x3400_0000
+            || w & 0x7e00_0000 == 0x3600_0000
+            || w & 0xfe00_0000 == 0xd600_0000
     }
 
     fn is_ret_or_jump(w: u32) -> bool {
-        b_imm(w, 0).is_some_and(|(link, _)| !link) || w & 0xfe00_0000 == 0xd600_0000 && (w >> 21) & 0xf != 1
+        b_imm(w, 0).is_some_and(|(link, _)| !link)
+            || w & 0xfe00_0000 == 0xd600_0000 && (w >> 21) & 0xf != 1
     }
 
     pub(super) fn find(code: &[u8]) -> Result<ProbePoint, PrologueError> {
@@ -659,7 +708,9 @@ mod arm64 {
                 )));
             }
             pc += 4;
-        } else if matches!(add_sub_imm(w1), Some((true, true, REG_RT2, REG_SP, _))) || is_movz_tmp(w1) {
+        } else if matches!(add_sub_imm(w1), Some((true, true, REG_RT2, REG_SP, _)))
+            || is_movz_tmp(w1)
+        {
             // huge frame: {subs x17, sp, #N | movz/movk x27; subs x17, sp, x27}; b.lo; cmp x16, x17
             if is_movz_tmp(w1) {
                 let mut w = words.get(pc)?;
@@ -681,7 +732,9 @@ mod arm64 {
             let blo = words.get(pc)?;
             let cmp = words.get(pc + 4)?;
             match b_cond(blo, pc) {
-                Some((COND_LO, target)) if cmp == CMP_RT1_RT2 => underflow_target = Some((pc, target)),
+                Some((COND_LO, target)) if cmp == CMP_RT1_RT2 => {
+                    underflow_target = Some((pc, target))
+                }
                 _ => {
                     return Err(unrecognised(format!(
                         "huge-frame stack check is not followed by `b.lo; cmp x16, x17` (found `{}; {}` at +{pc:#x})",
@@ -727,18 +780,30 @@ mod arm64 {
 
     /// The `b.ls` must go forward, past the probe point, to a block inside the
     /// function that calls morestack once (`bl`) and branches back to the entry.
-    fn check_morestack_block(words: &Words<'_>, branch_pc: u64, target: i64, probe: u64) -> Result<(), PrologueError> {
+    fn check_morestack_block(
+        words: &Words<'_>,
+        branch_pc: u64,
+        target: i64,
+        probe: u64,
+    ) -> Result<(), PrologueError> {
         let describe = |what: String| {
-            unrecognised(format!("stack-check branch at +{branch_pc:#x} goes to {target:#x}, {what}"))
+            unrecognised(format!(
+                "stack-check branch at +{branch_pc:#x} goes to {target:#x}, {what}"
+            ))
         };
         let len = words.0.len() as u64;
         if target <= probe as i64 || target as u64 >= len {
-            return Err(describe(format!("outside the function body (+{:#x}..{len:#x})", probe + 4)));
+            return Err(describe(format!(
+                "outside the function body (+{:#x}..{len:#x})",
+                probe + 4
+            )));
         }
         let mut calls = 0;
         let mut pc = target as u64;
         for _ in 0..MORESTACK_BLOCK_INSNS {
-            let Ok(Some(w)) = words.try_get(pc) else { break };
+            let Ok(Some(w)) = words.try_get(pc) else {
+                break;
+            };
             match b_imm(w, pc) {
                 Some((true, _)) => calls += 1,
                 Some((false, back)) => {
@@ -760,7 +825,9 @@ mod arm64 {
             }
             pc += 4;
         }
-        Err(describe("which is not a morestack call followed by a branch to the entry".to_string()))
+        Err(describe(
+            "which is not a morestack call followed by a branch to the entry".to_string(),
+        ))
     }
 
     /// No known stack check at offset 0: make sure nothing in the first
@@ -775,7 +842,8 @@ mod arm64 {
             let Some(w) = words.try_get(pc)? else { break };
             let guard_load = matches!(ldr_imm(w), Some((_, REG_G, 16 | 24)));
             // subs xzr, sp, xM (cmp xM, sp) in any extended form, or cmp of sp with an immediate
-            let sp_cmp = w & 0xffe0_03ff == 0xeb20_03ff || matches!(add_sub_imm(w), Some((_, true, REG_SP, REG_SP, _)));
+            let sp_cmp = w & 0xffe0_03ff == 0xeb20_03ff
+                || matches!(add_sub_imm(w), Some((_, true, REG_SP, REG_SP, _)));
             if guard_load || sp_cmp {
                 return Err(unrecognised(format!(
                     "`{}` at +{pc:#x} looks like a stack check, but not one of the known shapes",
@@ -814,7 +882,12 @@ mod arm64 {
             return format!("ldr {}, [{}, #{off}]", xreg(t, false), xreg(n, true));
         }
         if w & 0xffc0_0000 == 0xf900_0000 {
-            return format!("str {}, [{}, #{}]", xreg(t, false), xreg(n, true), ((w >> 10) & 0xfff) * 8);
+            return format!(
+                "str {}, [{}, #{}]",
+                xreg(t, false),
+                xreg(n, true),
+                ((w >> 10) & 0xfff) * 8
+            );
         }
         if w & 0xffa0_0400 == 0xf800_0400 {
             // str/ldr (64-bit, unscaled) pre-index (bit 11 set) or post-index
@@ -858,7 +931,11 @@ mod arm64 {
         if w & 0xff80_0000 == 0xd280_0000 || w & 0xff80_0000 == 0xf280_0000 {
             let op = if w & 0x2000_0000 != 0 { "movk" } else { "movz" };
             let shift = ((w >> 21) & 3) * 16;
-            return format!("{op} {}, #{:#x}, lsl #{shift}", xreg(t, false), (w >> 5) & 0xffff);
+            return format!(
+                "{op} {}, #{:#x}, lsl #{shift}",
+                xreg(t, false),
+                (w >> 5) & 0xffff
+            );
         }
         match w {
             CMP_RT1_SP => return "cmp sp, x16".to_string(),
@@ -867,8 +944,10 @@ mod arm64 {
             _ => {}
         }
         if let Some((cond, target)) = b_cond(w, 0) {
-            const CONDS: [&str; 16] =
-                ["eq", "ne", "hs", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le", "al", "nv"];
+            const CONDS: [&str; 16] = [
+                "eq", "ne", "hs", "lo", "mi", "pl", "vs", "vc", "hi", "ls", "ge", "lt", "gt", "le",
+                "al", "nv",
+            ];
             return format!("b.{} .{target:+#x}", CONDS[cond as usize]);
         }
         if let Some((link, target)) = b_imm(w, 0) {
@@ -909,7 +988,10 @@ mod tests {
     fn assert_unrecognised(result: Result<ProbePoint, PrologueError>, needle: &str) {
         match result {
             Err(PrologueError::Unrecognised { reason }) => {
-                assert!(reason.contains(needle), "reason {reason:?} does not mention {needle:?}");
+                assert!(
+                    reason.contains(needle),
+                    "reason {reason:?} does not mention {needle:?}"
+                );
                 assert!(!reason.contains('\n'), "multi-line reason {reason:?}");
             }
             other => panic!("expected Unrecognised ({needle}), got {other:?}"),
@@ -957,12 +1039,12 @@ mod tests {
     fn amd64_no_frame_pointer_push() {
         // Go 1.19 compiles some functions with `sub rsp, N` right after the check.
         let code = [
-            &[0x49, 0x3b, 0x66, 0x10][..],         // 00: cmp rsp, [r14+0x10]
-            &[0x76, 0x09],                         // 04: jbe 0x0f
-            &[0x48, 0x81, 0xec, 0xe0, 0, 0, 0],    // 06: sub rsp, 0xe0
-            &[0x90, 0xc3],                         // 0d: nop; ret
-            &[0xe8, 0x00, 0x00, 0x00, 0x00],       // 0f: call
-            &[0xeb, 0xea],                         // 14: jmp 0x0
+            &[0x49, 0x3b, 0x66, 0x10][..],      // 00: cmp rsp, [r14+0x10]
+            &[0x76, 0x09],                      // 04: jbe 0x0f
+            &[0x48, 0x81, 0xec, 0xe0, 0, 0, 0], // 06: sub rsp, 0xe0
+            &[0x90, 0xc3],                      // 0d: nop; ret
+            &[0xe8, 0x00, 0x00, 0x00, 0x00],    // 0f: call
+            &[0xeb, 0xea],                      // 14: jmp 0x0
         ]
         .concat();
         assert_eq!(x86(&code).unwrap(), after(6, "sub rsp, 0xe0"));
@@ -998,14 +1080,14 @@ mod tests {
 
     fn huge_frame(jb_rel: u8) -> Vec<u8> {
         [
-            &[0x49, 0x89, 0xe4][..],                      // 00: mov r12, rsp
+            &[0x49, 0x89, 0xe4][..],                     // 00: mov r12, rsp
             &[0x49, 0x81, 0xec, 0xc8, 0x1e, 0x00, 0x00], // 03: sub r12, 0x1ec8
-            &[0x72, jb_rel],                              // 0a: jb 0x18 (rel 0x0c)
-            &[0x4d, 0x3b, 0x66, 0x10],                    // 0c: cmp r12, [r14+0x10]
-            &[0x76, 0x06],                                // 10: jbe 0x18
-            &BODY,                                        // 12
-            &[0xe8, 0x00, 0x00, 0x00, 0x00],              // 18: call
-            &[0xeb, 0xe1],                                // 1d: jmp 0x0
+            &[0x72, jb_rel],                             // 0a: jb 0x18 (rel 0x0c)
+            &[0x4d, 0x3b, 0x66, 0x10],                   // 0c: cmp r12, [r14+0x10]
+            &[0x76, 0x06],                               // 10: jbe 0x18
+            &BODY,                                       // 12
+            &[0xe8, 0x00, 0x00, 0x00, 0x00],             // 18: call
+            &[0xeb, 0xe1],                               // 1d: jmp 0x0
         ]
         .concat()
     }
@@ -1026,7 +1108,15 @@ mod tests {
         let probe = load.len() + cmp.len() + 2;
         let tail = probe + BODY.len();
         let jmp_back = (-((tail + 7) as i64)) as u8;
-        [load, cmp, &[0x76, BODY.len() as u8], &BODY, &[0xe8, 0, 0, 0, 0], &[0xeb, jmp_back]].concat()
+        [
+            load,
+            cmp,
+            &[0x76, BODY.len() as u8],
+            &BODY,
+            &[0xe8, 0, 0, 0, 0],
+            &[0xeb, jmp_back],
+        ]
+        .concat()
     }
 
     #[test]
@@ -1034,22 +1124,44 @@ mod tests {
         let cmp_r14 = [0x49, 0x3b, 0x66, 0x10]; // cmp rsp, [r14+0x10]
         // static binary: mov r14, fs:[-8]
         let le = [0x64, 0x4c, 0x8b, 0x34, 0x25, 0xf8, 0xff, 0xff, 0xff];
-        assert_eq!(x86(&tls_prologue(&le, &cmp_r14)).unwrap(), after(15, "push rbp"));
+        assert_eq!(
+            x86(&tls_prologue(&le, &cmp_r14)).unwrap(),
+            after(15, "push rbp")
+        );
         // PIE: mov r14, -8; mov r14, fs:[r14]
-        let pie = [0x49, 0xc7, 0xc6, 0xf8, 0xff, 0xff, 0xff, 0x64, 0x4d, 0x8b, 0x36];
-        assert_eq!(x86(&tls_prologue(&pie, &cmp_r14)).unwrap(), after(17, "push rbp"));
+        let pie = [
+            0x49, 0xc7, 0xc6, 0xf8, 0xff, 0xff, 0xff, 0x64, 0x4d, 0x8b, 0x36,
+        ];
+        assert_eq!(
+            x86(&tls_prologue(&pie, &cmp_r14)).unwrap(),
+            after(17, "push rbp")
+        );
         // initial exec: mov r14, [rip+x]; mov r14, fs:[r14]
-        let ie = [0x4c, 0x8b, 0x35, 0x10, 0x00, 0x00, 0x00, 0x64, 0x4d, 0x8b, 0x36];
-        assert_eq!(x86(&tls_prologue(&ie, &cmp_r14)).unwrap(), after(17, "push rbp"));
+        let ie = [
+            0x4c, 0x8b, 0x35, 0x10, 0x00, 0x00, 0x00, 0x64, 0x4d, 0x8b, 0x36,
+        ];
+        assert_eq!(
+            x86(&tls_prologue(&ie, &cmp_r14)).unwrap(),
+            after(17, "push rbp")
+        );
         // pre-1.17 / noregabi: mov rcx, fs:[-8]; cmp rsp, [rcx+0x10]
         let rcx = [0x64, 0x48, 0x8b, 0x0c, 0x25, 0xf8, 0xff, 0xff, 0xff];
         let cmp_rcx = [0x48, 0x3b, 0x61, 0x10];
-        assert_eq!(x86(&tls_prologue(&rcx, &cmp_rcx)).unwrap(), after(15, "push rbp"));
+        assert_eq!(
+            x86(&tls_prologue(&rcx, &cmp_rcx)).unwrap(),
+            after(15, "push rbp")
+        );
         // ... with a large frame: lea rax, [rsp-0x60]; cmp rax, [rcx+0x10]
         let lea_rax = [0x48, 0x8d, 0x44, 0x24, 0xa0, 0x48, 0x3b, 0x41, 0x10];
-        assert_eq!(x86(&tls_prologue(&rcx, &lea_rax)).unwrap(), after(20, "push rbp"));
+        assert_eq!(
+            x86(&tls_prologue(&rcx, &lea_rax)).unwrap(),
+            after(20, "push rbp")
+        );
         // g loaded into rcx, but compared through r14: not a stack check we know.
-        assert_unrecognised(x86(&tls_prologue(&rcx, &cmp_r14)), "g is loaded from TLS");
+        assert_unrecognised(
+            x86(&tls_prologue(&rcx, &cmp_r14)),
+            "looks like a stack check",
+        );
     }
 
     #[test]
@@ -1058,7 +1170,18 @@ mod tests {
         let leaf = [0x48, 0x0f, 0xaf, 0xc3, 0x48, 0x83, 0xc0, 0x03, 0xc3];
         assert_eq!(x86(&leaf).unwrap(), entry("imul rax, rbx"));
         // NOSPLIT code reading getg().m is fine: mov rax, [r14+0x30]; ret
-        assert_eq!(x86(&[0x49, 0x8b, 0x46, 0x30, 0xc3]).unwrap(), entry("mov rax, [r14+0x30]"));
+        assert_eq!(
+            x86(&[0x49, 0x8b, 0x46, 0x30, 0xc3]).unwrap(),
+            entry("mov rax, [r14+0x30]")
+        );
+        // ... and so is a preemption request: mov qword [r14+0x10], -0x522; ret
+        let store = [0x49, 0xc7, 0x46, 0x10, 0xde, 0xfa, 0xff, 0xff, 0xc3];
+        assert_eq!(x86(&store).unwrap(), entry("mov [r14+0x10], -0x522"));
+        // NOSPLIT assembly loading g from TLS: mov r14, fs:[-8]; xorps xmm15, xmm15; ret
+        let tls = [
+            0x64, 0x4c, 0x8b, 0x34, 0x25, 0xf8, 0xff, 0xff, 0xff, 0x45, 0x0f, 0x57, 0xff, 0xc3,
+        ];
+        assert_eq!(x86(&tls).unwrap(), entry("mov r14, fs:[-0x8]"));
         // A prefix of a NOSPLIT function that ends mid-instruction after the scan window.
         let mut long = vec![0x90; 60];
         long.extend_from_slice(&[0x48, 0x81]);
@@ -1085,9 +1208,14 @@ mod tests {
             &[0xc3],
         ]
         .concat();
-        assert_unrecognised(x86(&code), "not a known stack-check compare");
+        assert_unrecognised(x86(&code), "looks like a stack check");
         // lea into r12 not followed by the compare
-        let code = [&[0x4c, 0x8d, 0x64, 0x24, 0xa0][..], &[0x90, 0x76, 0x06], &BODY].concat();
+        let code = [
+            &[0x4c, 0x8d, 0x64, 0x24, 0xa0][..],
+            &[0x90, 0x76, 0x06],
+            &BODY,
+        ]
+        .concat();
         assert_unrecognised(x86(&code), "is not followed by `cmp r12");
     }
 
@@ -1120,29 +1248,56 @@ mod tests {
     #[test]
     fn amd64_truncated_and_garbage() {
         assert!(matches!(x86(&[]), Err(PrologueError::Truncated)));
-        assert!(matches!(x86(&SMALL_SHORT[..3]), Err(PrologueError::Truncated)));
-        assert!(matches!(x86(&SMALL_SHORT[..4]), Err(PrologueError::Truncated)));
-        assert!(matches!(x86(&SMALL_SHORT[..5]), Err(PrologueError::Truncated)));
+        assert!(matches!(
+            x86(&SMALL_SHORT[..3]),
+            Err(PrologueError::Truncated)
+        ));
+        assert!(matches!(
+            x86(&SMALL_SHORT[..4]),
+            Err(PrologueError::Truncated)
+        ));
+        assert!(matches!(
+            x86(&SMALL_SHORT[..5]),
+            Err(PrologueError::Truncated)
+        ));
         // the instruction at the probe point itself must be complete
-        assert!(matches!(x86(&SMALL_SHORT[..6]), Err(PrologueError::Truncated)));
+        assert!(matches!(
+            x86(&SMALL_SHORT[..6]),
+            Err(PrologueError::Truncated)
+        ));
         let mut code = SMALL_SHORT.to_vec();
         code.splice(6..7, [0x48, 0x81]); // 06: an incomplete `sub`, then the bytes of `mov`
         assert!(matches!(x86(&code[..8]), Err(PrologueError::Truncated)));
         // huge form cut in the middle
-        assert!(matches!(x86(&huge_frame(0x0c)[..0x0c]), Err(PrologueError::Truncated)));
+        assert!(matches!(
+            x86(&huge_frame(0x0c)[..0x0c]),
+            Err(PrologueError::Truncated)
+        ));
         // mov r14, fs:[-8] alone
         assert!(matches!(
             x86(&[0x64, 0x4c, 0x8b, 0x34, 0x25, 0xf8, 0xff, 0xff, 0xff]),
             Err(PrologueError::Truncated)
         ));
         // garbage
-        assert!(matches!(x86(&[0xff, 0xff, 0xff, 0xff]), Err(PrologueError::Undecodable { offset: 0 })));
-        assert!(matches!(x86(&[0x06, 0x90]), Err(PrologueError::Undecodable { offset: 0 })));
+        assert!(matches!(
+            x86(&[0xff, 0xff, 0xff, 0xff]),
+            Err(PrologueError::Undecodable { offset: 0 })
+        ));
+        assert!(matches!(
+            x86(&[0x06, 0x90]),
+            Err(PrologueError::Undecodable { offset: 0 })
+        ));
         let mut code = SMALL_SHORT.to_vec();
         code[6] = 0x06; // invalid in 64-bit mode, right at the probe point
-        assert!(matches!(x86(&code), Err(PrologueError::Undecodable { offset: 6 })));
+        assert!(matches!(
+            x86(&code),
+            Err(PrologueError::Undecodable { offset: 6 })
+        ));
         // a NOSPLIT-looking start followed by garbage inside the scan window
-        assert!(matches!(x86(&[0x90, 0x90, 0x06, 0xc3]), Err(PrologueError::Undecodable { offset: 2 })));
+        assert!(matches!(
+            x86(&[0x90, 0x90, 0x06, 0xc3]),
+            Err(PrologueError::Undecodable { offset: 2 })
+        ));
         // no panic on any 1-3 byte input
         for a in 0..=255u8 {
             for b in [0x00, 0x0f, 0x10, 0x3b, 0x66, 0x76, 0xff] {
@@ -1222,15 +1377,27 @@ mod tests {
 
     #[test]
     fn arm64_small_frame() {
-        assert_eq!(a64(&arm64_fn(&[LDR_GUARD0, CMP_SP], None)).unwrap(), arm64_after(12));
-        assert_eq!(a64(&arm64_fn(&[LDR_GUARD1, CMP_SP], None)).unwrap(), arm64_after(12));
+        assert_eq!(
+            a64(&arm64_fn(&[LDR_GUARD0, CMP_SP], None)).unwrap(),
+            arm64_after(12)
+        );
+        assert_eq!(
+            a64(&arm64_fn(&[LDR_GUARD1, CMP_SP], None)).unwrap(),
+            arm64_after(12)
+        );
     }
 
     #[test]
     fn arm64_large_frame() {
         let sub = 0xd101_83f1; // sub x17, sp, #96
-        assert_eq!(a64(&arm64_fn(&[LDR_GUARD0, sub, CMP_X17], None)).unwrap(), arm64_after(16));
-        assert_unrecognised(a64(&arm64_fn(&[LDR_GUARD0, sub, CMP_SP], None)), "not followed by `cmp x16, x17`");
+        assert_eq!(
+            a64(&arm64_fn(&[LDR_GUARD0, sub, CMP_X17], None)).unwrap(),
+            arm64_after(16)
+        );
+        assert_unrecognised(
+            a64(&arm64_fn(&[LDR_GUARD0, sub, CMP_SP], None)),
+            "not followed by `cmp x16, x17`",
+        );
     }
 
     #[test]
@@ -1274,9 +1441,15 @@ mod tests {
         assert_unrecognised(a64(&p), "not `b.ls`");
         // stackguard loaded into another register / later on
         assert_unrecognised(a64(&[0xf940_0b81, CMP_SP, RET]), "looks like a stack check");
-        assert_unrecognised(a64(&[STR_LR, LDR_GUARD0, CMP_SP, RET]), "looks like a stack check");
+        assert_unrecognised(
+            a64(&[STR_LR, LDR_GUARD0, CMP_SP, RET]),
+            "looks like a stack check",
+        );
         // ldr of the guard followed by something else
-        assert_unrecognised(a64(&[LDR_GUARD0, STR_LR, RET]), "not a known stack-check compare");
+        assert_unrecognised(
+            a64(&[LDR_GUARD0, STR_LR, RET]),
+            "not a known stack-check compare",
+        );
     }
 
     #[test]
@@ -1305,14 +1478,23 @@ mod tests {
 
     #[test]
     fn arm64_truncated_and_garbage() {
-        let p: Vec<u8> = arm64_fn(&[LDR_GUARD0, CMP_SP], None).iter().flat_map(|w| w.to_le_bytes()).collect();
+        let p: Vec<u8> = arm64_fn(&[LDR_GUARD0, CMP_SP], None)
+            .iter()
+            .flat_map(|w| w.to_le_bytes())
+            .collect();
         for len in [0, 1, 3, 4, 7, 8, 11, 12, 15] {
             assert!(
-                matches!(find_probe_point(Arch::Aarch64, &p[..len]), Err(PrologueError::Truncated)),
+                matches!(
+                    find_probe_point(Arch::Aarch64, &p[..len]),
+                    Err(PrologueError::Truncated)
+                ),
                 "len {len}"
             );
         }
-        assert!(matches!(a64(&[0, RET]), Err(PrologueError::Undecodable { offset: 0 })));
+        assert!(matches!(
+            a64(&[0, RET]),
+            Err(PrologueError::Undecodable { offset: 0 })
+        ));
         // a NOSPLIT prefix that ends mid-word inside the scan window
         assert!(matches!(
             find_probe_point(Arch::Aarch64, &[0x1f, 0x20, 0x03, 0xd5, 0x00]),
@@ -1417,8 +1599,23 @@ func main() {
         }
 
         fn toolchains() -> Vec<Toolchain> {
+            // Listed explicitly: every entry must exist. Defaults: those present.
             let candidates: Vec<PathBuf> = match std::env::var("GOALLOC_GO_TOOLCHAINS") {
-                Ok(list) if !list.trim().is_empty() => list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect(),
+                Ok(list) if !list.trim().is_empty() => {
+                    let listed: Vec<PathBuf> = list
+                        .split(':')
+                        .filter(|s| !s.is_empty())
+                        .map(PathBuf::from)
+                        .collect();
+                    for go in &listed {
+                        assert!(
+                            go.is_file(),
+                            "GOALLOC_GO_TOOLCHAINS: {} does not exist",
+                            go.display()
+                        );
+                    }
+                    listed
+                }
                 _ => {
                     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
                     vec![
@@ -1432,8 +1629,16 @@ func main() {
                 .into_iter()
                 .filter(|go| go.is_file())
                 .map(|go| {
-                    let out = go_command(&go).args(["env", "GOVERSION"]).output().expect("run go env");
-                    assert!(out.status.success(), "{} env GOVERSION failed: {}", go.display(), String::from_utf8_lossy(&out.stderr));
+                    let out = go_command(&go)
+                        .args(["env", "GOVERSION"])
+                        .output()
+                        .expect("run go env");
+                    assert!(
+                        out.status.success(),
+                        "{} env GOVERSION failed: {}",
+                        go.display(),
+                        String::from_utf8_lossy(&out.stderr)
+                    );
                     let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
                     Toolchain { go, version }
                 })
@@ -1454,7 +1659,6 @@ func main() {
             cmd.env("GOTOOLCHAIN", "local")
                 .env("GOFLAGS", "-buildvcs=false")
                 .env("GOCACHE", cache)
-                .env("GO111MODULE", "off")
                 .env("CGO_ENABLED", "0");
             cmd
         }
@@ -1503,10 +1707,17 @@ func main() {
                 if sym.kind() != SymbolKind::Text || sym.size() == 0 {
                     continue;
                 }
-                let (Ok(name), Some(index)) = (sym.name(), sym.section_index()) else { continue };
+                let (Ok(name), Some(index)) = (sym.name(), sym.section_index()) else {
+                    continue;
+                };
                 let section = file.section_by_index(index).unwrap();
-                let Some(code) = section.data_range(sym.address(), sym.size()).unwrap() else { continue };
-                if funcs.get(name).is_none_or(|(_, old)| old.len() < code.len()) {
+                let Some(code) = section.data_range(sym.address(), sym.size()).unwrap() else {
+                    continue;
+                };
+                if funcs
+                    .get(name)
+                    .is_none_or(|(_, old)| old.len() < code.len())
+                {
                     funcs.insert(name.to_string(), (sym.address(), code.to_vec()));
                 }
             }
@@ -1515,14 +1726,22 @@ func main() {
         }
 
         /// `go tool objdump` of the functions matching `regex`: name -> [(address, assembly)].
-        fn objdump(tc: &Toolchain, bin: &Path, regex: Option<&str>) -> HashMap<String, Vec<(u64, String)>> {
+        fn objdump(
+            tc: &Toolchain,
+            bin: &Path,
+            regex: Option<&str>,
+        ) -> HashMap<String, Vec<(u64, String)>> {
             let mut cmd = go_command(&tc.go);
             cmd.args(["tool", "objdump"]);
             if let Some(regex) = regex {
                 cmd.args(["-s", regex]);
             }
             let out = cmd.arg(bin).output().expect("run go tool objdump");
-            assert!(out.status.success(), "objdump failed: {}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "objdump failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let mut result: HashMap<String, Vec<(u64, String)>> = HashMap::new();
             let mut current: Option<String> = None;
             for line in String::from_utf8_lossy(&out.stdout).lines() {
@@ -1532,9 +1751,20 @@ func main() {
                     current = Some(name);
                     continue;
                 }
-                let fields: Vec<&str> = line.split('\t').map(str::trim).filter(|f| !f.is_empty()).collect();
-                let (Some(name), [_, addr, _, asm, ..]) = (&current, fields.as_slice()) else { continue };
-                let Some(addr) = addr.strip_prefix("0x").and_then(|a| u64::from_str_radix(a, 16).ok()) else { continue };
+                let fields: Vec<&str> = line
+                    .split('\t')
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .collect();
+                let (Some(name), [_, addr, _, asm, ..]) = (&current, fields.as_slice()) else {
+                    continue;
+                };
+                let Some(addr) = addr
+                    .strip_prefix("0x")
+                    .and_then(|a| u64::from_str_radix(a, 16).ok())
+                else {
+                    continue;
+                };
                 result.get_mut(name).unwrap().push((addr, asm.to_string()));
             }
             result
@@ -1542,7 +1772,13 @@ func main() {
 
         /// The probe point must be a listed instruction right after the stack-check
         /// branch (JBE / BLS), and the instruction before the branch a compare.
-        fn check_against_objdump(name: &str, arch: Arch, addr: u64, probe: &ProbePoint, listing: &[(u64, String)]) {
+        fn check_against_objdump(
+            name: &str,
+            arch: Arch,
+            addr: u64,
+            probe: &ProbePoint,
+            listing: &[(u64, String)],
+        ) {
             let at = addr + probe.offset;
             let index = listing
                 .iter()
@@ -1560,15 +1796,25 @@ func main() {
                         Arch::Aarch64 => ("BLS ", "CMP "),
                     };
                     let before = &listing[index - 1].1;
-                    assert!(before.starts_with(branch), "{name}: probe at +{:#x} follows `{before}`", probe.offset);
+                    assert!(
+                        before.starts_with(branch),
+                        "{name}: probe at +{:#x} follows `{before}`",
+                        probe.offset
+                    );
                     let compare = &listing[index - 2].1;
-                    assert!(compare.starts_with(cmp), "{name}: branch follows `{compare}`");
+                    assert!(
+                        compare.starts_with(cmp),
+                        "{name}: branch follows `{compare}`"
+                    );
                 }
             }
         }
 
         fn probe(bin: &Binary, name: &str) -> (u64, Result<ProbePoint, PrologueError>) {
-            let (addr, code) = bin.funcs.get(name).unwrap_or_else(|| panic!("{name} not in the binary"));
+            let (addr, code) = bin
+                .funcs
+                .get(name)
+                .unwrap_or_else(|| panic!("{name} not in the binary"));
             (*addr, find_probe_point(bin.arch, code))
         }
 
@@ -1590,44 +1836,186 @@ func main() {
                         .into_iter()
                         .filter(|n| bin.funcs.contains_key(*n))
                         .collect();
-                    assert!(!exits.is_empty(), "{}: neither gdestroy nor goexit0", tc.version);
+                    assert!(
+                        !exits.is_empty(),
+                        "{}: neither gdestroy nor goexit0",
+                        tc.version
+                    );
                     expect_after.extend(exits.iter().map(|s| s.to_string()));
                     expect_after.extend(
                         bin.funcs
                             .keys()
-                            .filter(|n| n.strip_prefix("runtime.mallocgc").is_some_and(|rest| !rest.contains('.')))
+                            .filter(|n| {
+                                n.strip_prefix("runtime.mallocgc")
+                                    .is_some_and(|rest| !rest.contains('.'))
+                            })
                             .cloned(),
                     );
-                    expect_after.extend(["main.frame200", "main.frame1000", "main.frame8000", "main.frame100k"].map(String::from));
+                    expect_after.extend(
+                        [
+                            "main.frame200",
+                            "main.frame1000",
+                            "main.frame8000",
+                            "main.frame100k",
+                        ]
+                        .map(String::from),
+                    );
                     // ABI0 assembly with a stack check: g comes from TLS first.
                     // (its ELF symbol has no package prefix)
                     if goarch == "amd64" {
-                        assert!(bin.funcs.contains_key("debugCall1024"), "{}: no debugCall1024", tc.version);
+                        assert!(
+                            bin.funcs.contains_key("debugCall1024"),
+                            "{}: no debugCall1024",
+                            tc.version
+                        );
                         expect_after.push("debugCall1024".into());
                     }
                     expect_after.sort();
                     expect_after.dedup();
                     let regex = format!(
                         "^({}|main\\.leaf)$",
-                        expect_after.iter().map(|n| n.replace('.', "\\.")).collect::<Vec<_>>().join("|")
+                        expect_after
+                            .iter()
+                            .map(|n| n.replace('.', "\\."))
+                            .collect::<Vec<_>>()
+                            .join("|")
                     );
                     let listings = objdump(&tc, &bin_path, Some(&regex));
                     for name in &expect_after {
                         let (addr, result) = probe(&bin, name);
-                        let point = result.unwrap_or_else(|e| panic!("{} {goarch}{flags:?} {name}: {e}", tc.version));
-                        assert_eq!(point.placement, Placement::AfterStackCheck, "{} {goarch} {name}: {point:?}", tc.version);
-                        let listing = listings.get(name).unwrap_or_else(|| panic!("{name} not in objdump output"));
+                        let point = result.unwrap_or_else(|e| {
+                            panic!("{} {goarch}{flags:?} {name}: {e}", tc.version)
+                        });
+                        assert_eq!(
+                            point.placement,
+                            Placement::AfterStackCheck,
+                            "{} {goarch} {name}: {point:?}",
+                            tc.version
+                        );
+                        let listing = listings
+                            .get(name)
+                            .unwrap_or_else(|| panic!("{name} not in objdump output"));
                         check_against_objdump(name, bin.arch, addr, &point, listing);
-                        eprintln!("{} {goarch}{flags:?} {name}: +{:#x} `{}`", tc.version, point.offset, point.instruction);
+                        eprintln!(
+                            "{} {goarch}{flags:?} {name}: +{:#x} `{}`",
+                            tc.version, point.offset, point.instruction
+                        );
                         checked += 1;
                     }
                     let (addr, leaf) = probe(&bin, "main.leaf");
                     let leaf = leaf.unwrap();
-                    assert_eq!(leaf.placement, Placement::Entry, "{} {goarch} main.leaf", tc.version);
-                    check_against_objdump("main.leaf", bin.arch, addr, &leaf, &listings["main.leaf"]);
+                    assert_eq!(
+                        leaf.placement,
+                        Placement::Entry,
+                        "{} {goarch} main.leaf",
+                        tc.version
+                    );
+                    check_against_objdump(
+                        "main.leaf",
+                        bin.arch,
+                        addr,
+                        &leaf,
+                        &listings["main.leaf"],
+                    );
                 }
             }
             eprintln!("checked {checked} functions against objdump");
+        }
+
+        /// Every `runtime.*` function of a Go 1.27 binary (and of the other
+        /// toolchains found): a probe point or a clean error, never a panic; every
+        /// probe point agrees with objdump, and exactly the functions that call
+        /// morestack are found to have a stack check.
+        #[test]
+        fn every_runtime_function_of_go_1_27() {
+            let tcs = toolchains();
+            assert!(
+                tcs.iter().any(|tc| tc.version.starts_with("go1.27")),
+                "no Go 1.27 toolchain among {:?}: add one to GOALLOC_GO_TOOLCHAINS",
+                tcs.iter().map(|t| &t.version).collect::<Vec<_>>()
+            );
+            let dir = tempfile::tempdir().unwrap();
+            for (tc, goarch) in tcs.iter().flat_map(|tc| [(tc, "amd64"), (tc, "arm64")]) {
+                let bin_path = build(tc, goarch, &[], dir.path());
+                let bin = load(&bin_path);
+                let listings = objdump(tc, &bin_path, None);
+                let (mut after, mut entry, mut unrecognised, mut other) = (0, 0, 0, 0);
+                let mut reasons: BTreeMap<String, Vec<String>> = BTreeMap::new();
+                for (name, (addr, code)) in
+                    bin.funcs.iter().filter(|(n, _)| n.starts_with("runtime."))
+                {
+                    let result = std::panic::catch_unwind(|| find_probe_point(bin.arch, code))
+                        .unwrap_or_else(|_| panic!("{goarch} {name}: find_probe_point panicked"));
+                    let listing = listings
+                        .get(name.as_str())
+                        .unwrap_or_else(|| panic!("{name} not in objdump output"));
+                    let calls_morestack = listing
+                        .iter()
+                        .any(|(_, asm)| asm.starts_with("CALL runtime.morestack"));
+                    if let Ok(point) = &result {
+                        assert_eq!(
+                            point.placement == Placement::AfterStackCheck,
+                            calls_morestack,
+                            "{} {goarch} {name}: {point:?}, but objdump {} a morestack call",
+                            tc.version,
+                            if calls_morestack { "shows" } else { "shows no" }
+                        );
+                    }
+                    match result {
+                        Ok(point) => {
+                            check_against_objdump(name, bin.arch, *addr, &point, listing);
+                            match point.placement {
+                                Placement::AfterStackCheck => after += 1,
+                                Placement::Entry => {
+                                    // objdump's view of the first instructions shows no stack check either
+                                    for (_, asm) in listing.iter().take(4) {
+                                        for sign in [
+                                            "0x10(R14)",
+                                            "0x18(R14)",
+                                            "16(R28)",
+                                            "24(R28)",
+                                            "CALL runtime.morestack",
+                                        ] {
+                                            assert!(
+                                                !asm.contains(sign),
+                                                "{} {goarch} {name}: Entry, but objdump shows `{asm}`",
+                                                tc.version
+                                            );
+                                        }
+                                    }
+                                    entry += 1
+                                }
+                            }
+                        }
+                        Err(PrologueError::Unrecognised { reason }) => {
+                            unrecognised += 1;
+                            reasons.entry(reason).or_default().push(name.clone());
+                        }
+                        Err(e) => {
+                            other += 1;
+                            reasons.entry(e.to_string()).or_default().push(name.clone());
+                        }
+                    }
+                }
+                let total = after + entry + unrecognised + other;
+                println!(
+                    "{} {goarch}: {total} runtime functions: {after} AfterStackCheck, {entry} Entry, {unrecognised} Unrecognised, {other} other errors",
+                    tc.version
+                );
+                for (reason, names) in &reasons {
+                    println!(
+                        "  {} x {reason}  (e.g. {})",
+                        names.len(),
+                        names.iter().take(4).cloned().collect::<Vec<_>>().join(", ")
+                    );
+                }
+                assert!(total > 1000, "too few runtime functions: {total}");
+                assert!(
+                    after > total / 2,
+                    "{goarch}: only {after} of {total} functions got AfterStackCheck"
+                );
+                assert!(bin.funcs.contains_key("runtime.mallocgc"));
+            }
         }
     }
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use agent_common::{HIST_BUCKETS, ProcStats};
+use agent_common::{HIST_BUCKETS, ProcStats, bucket_upper_bound};
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -33,7 +33,7 @@ struct JsonRow<'a> {
     bytes: u64,
     goroutines_created: u64,
     goroutines_exited: u64,
-    /// `[lower bound in bytes, count]` of the non-empty log2 buckets.
+    /// `[inclusive upper bound in bytes, count]` of the non-empty log2 buckets.
     size_histogram: Vec<[u64; 2]>,
 }
 
@@ -139,11 +139,11 @@ impl<W: Write> Reporter<W> {
     }
 }
 
-/// Non-empty log2 buckets as `[lower bound, count]`.
+/// Non-empty log2 buckets as `[inclusive upper bound, count]`.
 pub fn histogram(s: &ProcStats) -> Vec<[u64; 2]> {
     (0..HIST_BUCKETS)
         .filter(|&i| s.size_hist[i] != 0)
-        .map(|i| [1u64 << i, s.size_hist[i]])
+        .map(|i| [bucket_upper_bound(i), s.size_hist[i]])
         .collect()
 }
 
@@ -191,7 +191,7 @@ mod tests {
         s.bytes = 1000;
         s.goroutines_created = 2;
         s.goroutines_exited = 1;
-        s.size_hist[6] = 10;
+        s.size_hist[7] = 10;
         s
     }
 
@@ -214,7 +214,7 @@ mod tests {
         assert_eq!(lines[0]["allocs"], 10);
         assert_eq!(lines[0]["pid"], 42);
         assert!(lines[0].get("total").is_none());
-        assert_eq!(lines[0]["size_histogram"], serde_json::json!([[64, 10]]));
+        assert_eq!(lines[0]["size_histogram"], serde_json::json!([[128, 10]]));
         assert_eq!(lines[1]["total"], true);
         assert_eq!(lines[1]["exited"], true);
         assert_eq!(lines[1]["goroutines_exited"], 1);

@@ -7,7 +7,7 @@ mod common;
 
 use std::cell::RefCell;
 
-use agent_common::ProcStats;
+use agent_common::{ProcStats, counter};
 use common::{Variant, parse_phases, require_bpf, run_with_stops, variant, variants};
 use goalloc::{
     binary::GoBinary,
@@ -20,9 +20,9 @@ use goalloc::{
 /// The variants named in the foundation issue; the matrix test covers the rest.
 const NAMED: [&str; 3] = ["go1.21.13", "go1.27.3", "go1.27.3-nosizespecializedmalloc"];
 
-/// Runs the fixture of `v` under probes; returns a printable report and the
-/// list of mismatches.
-fn measure(v: &Variant) -> (String, Vec<String>) {
+/// Runs the fixture of `v` under probes; returns a printable report, the
+/// list of mismatches and the eBPF self-counters.
+fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize]) {
     let fixture = v.program("fixture");
     let bin = GoBinary::open(&fixture).unwrap();
     let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
@@ -92,7 +92,21 @@ fn measure(v: &Variant) -> (String, Vec<String>) {
             bad.push(format!("{} {}: histogram holds {hist_total}, allocations {}", v.label, p.name, d.allocs));
         }
     }
-    (report, bad)
+    let counters = engine.borrow().counters().unwrap();
+    report += &format!(
+        "probe hits: {} counted, {} skipped as nested in a dispatcher, {} zero-size, {} read errors, {} map full\n",
+        counters[counter::ALLOC_HITS as usize],
+        counters[counter::ALLOC_NESTED_SKIPS as usize],
+        counters[counter::ALLOC_ZERO_SIZE as usize],
+        counters[counter::READ_ERRORS as usize],
+        counters[counter::STATS_MAP_FULL as usize],
+    );
+    for c in [counter::READ_ERRORS, counter::STATS_MAP_FULL] {
+        if counters[c as usize] != 0 {
+            bad.push(format!("{}: self-counter {c} is {}", v.label, counters[c as usize]));
+        }
+    }
+    (report, bad, counters)
 }
 
 fn check(label: &str, scheme: AllocScheme) {
@@ -102,8 +116,13 @@ fn check(label: &str, scheme: AllocScheme) {
     let v = variant(label);
     let bin = GoBinary::open(&v.program("fixture")).unwrap();
     assert_eq!(plan::plan(&bin, PlanOptions::default()).unwrap().scheme, scheme, "{label}");
-    let (report, bad) = measure(&v);
+    let (report, bad, counters) = measure(&v);
     println!("{report}");
+    if scheme == AllocScheme::MallocgcAndSpecialized {
+        // mallocgc dispatched to specialized allocators and those hits were
+        // recognised as nested: the double-count guard was exercised.
+        assert!(counters[counter::ALLOC_NESTED_SKIPS as usize] > 0, "{report}");
+    }
     assert!(bad.is_empty(), "{report}\n{}", bad.join("\n"));
 }
 
@@ -131,7 +150,7 @@ fn exact_other_variants() {
     let mut reports = String::new();
     let mut bad = Vec::new();
     for v in variants().iter().filter(|v| !NAMED.contains(&v.label.as_str())) {
-        let (r, b) = measure(v);
+        let (r, b, _) = measure(v);
         reports += &r;
         bad.extend(b);
     }

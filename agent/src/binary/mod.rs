@@ -215,23 +215,12 @@ impl GoBinary {
         };
         let build_info = read_build_info(&elf, &data)?;
 
-        let symtab: Vec<Function> = elf
-            .symbols(&data)
-            .into_iter()
-            .filter(|s| s.kind == STT_FUNC && s.size > 0 && !s.name.is_empty())
-            .filter_map(|s| {
-                Some(Function {
-                    entry: s.value,
-                    end: s.value.checked_add(s.size)?,
-                    name: s.name,
-                })
-            })
-            .collect();
+        let symtab = symtab_functions(&elf, &data);
         let (source, all) = if symtab.iter().any(|f| f.name.starts_with("runtime.")) {
             (SymbolSource::Symtab, symtab)
         } else {
             let (_, funcs) = load_pclntab(&elf, &data)?;
-            (SymbolSource::Pclntab, funcs)
+            (SymbolSource::Pclntab, one_per_name_sized(funcs))
         };
         let functions = one_per_name(all);
         let by_name = functions
@@ -320,13 +309,13 @@ impl GoBinary {
     /// Functions from the Go function table regardless of `.symtab`, one per
     /// name (largest body, as [`lookup`](Self::lookup) picks), by address.
     pub fn pclntab_functions(&self) -> Result<Vec<Function>, BinaryError> {
-        Ok(one_per_name(self.pclntab_functions_all()?))
+        load_pclntab(&self.elf, &self.data).map(|(_, f)| one_per_name_sized(f))
     }
 
     /// Every entry of the Go function table, in table order, including
     /// repeated names (ABI0 wrappers).
     pub fn pclntab_functions_all(&self) -> Result<Vec<Function>, BinaryError> {
-        load_pclntab(&self.elf, &self.data).map(|(_, f)| f)
+        load_pclntab(&self.elf, &self.data).map(|(_, f)| f.into_iter().map(|f| f.func).collect())
     }
 
     /// Where the Go function table is and how its text start was found.
@@ -335,14 +324,61 @@ impl GoBinary {
     }
 }
 
+/// Go functions from `.symtab` (`STT_FUNC`, size > 0). The Go linker
+/// renames an ABI0 function that also has an ABIInternal version to
+/// `NAME.abi0` (and, in shared linkage, ABIInternal ones to
+/// `NAME.abiinternal`); those suffixes are removed here so that names match
+/// the Go function table, where both versions share one name. (The base
+/// name is not always in `.symtab`, e.g. `runtime.rt0_go.abi0`.)
+fn symtab_functions(elf: &Elf, data: &[u8]) -> Vec<Function> {
+    let mut funcs: Vec<Function> = elf
+        .symbols(data)
+        .into_iter()
+        .filter(|s| s.kind == STT_FUNC && s.size > 0 && !s.name.is_empty())
+        .filter_map(|s| {
+            Some(Function {
+                entry: s.value,
+                end: s.value.checked_add(s.size)?,
+                name: s.name,
+            })
+        })
+        .collect();
+    for f in &mut funcs {
+        let base = f
+            .name
+            .strip_suffix(".abi0")
+            .or_else(|| f.name.strip_suffix(".abiinternal"));
+        if let Some(base) = base.filter(|b| !b.is_empty()) {
+            f.name = base.to_string();
+        }
+    }
+    funcs
+}
+
 /// Keeps one function per name (the largest; ties go to the lower address),
 /// sorted by entry.
-pub fn one_per_name(mut funcs: Vec<Function>) -> Vec<Function> {
-    funcs.sort_by(|a, b| a.entry.cmp(&b.entry).then_with(|| a.end.cmp(&b.end)));
+pub fn one_per_name(funcs: Vec<Function>) -> Vec<Function> {
+    dedup_by_size(funcs.into_iter().map(|f| (f.size(), f)).collect())
+}
+
+/// [`one_per_name`] for pclntab entries, comparing exact code sizes (an
+/// entry's `end` includes alignment padding, which would make e.g. a 24-byte
+/// wrapper and an 8-byte assembly body look the same size).
+fn one_per_name_sized(funcs: Vec<pclntab::SizedFunction>) -> Vec<Function> {
+    dedup_by_size(
+        funcs
+            .into_iter()
+            .map(|f| (f.code_size.unwrap_or_else(|| f.func.size()), f.func))
+            .collect(),
+    )
+}
+
+fn dedup_by_size(mut funcs: Vec<(u64, Function)>) -> Vec<Function> {
+    funcs.sort_by(|(_, a), (_, b)| a.entry.cmp(&b.entry).then_with(|| a.end.cmp(&b.end)));
     let mut best: HashMap<&str, usize> = HashMap::new();
-    for (i, f) in funcs.iter().enumerate() {
+    for (i, (size, f)) in funcs.iter().enumerate() {
         match best.get(f.name.as_str()) {
-            Some(&j) if funcs.get(j).is_some_and(|g| g.size() >= f.size()) => {}
+            Some(&j) if funcs.get(j).is_some_and(|(s, _)| s >= size) => {}
             _ => {
                 best.insert(f.name.as_str(), i);
             }
@@ -357,7 +393,7 @@ pub fn one_per_name(mut funcs: Vec<Function>) -> Vec<Function> {
     funcs
         .into_iter()
         .zip(keep)
-        .filter_map(|(f, k)| k.then_some(f))
+        .filter_map(|((_, f), k)| k.then_some(f))
         .collect()
 }
 
@@ -415,7 +451,10 @@ struct Candidate<'a> {
 
 /// Finds the Go function table, determines the text start and lists the
 /// functions (all table entries, in table order).
-fn load_pclntab(elf: &Elf, data: &[u8]) -> Result<(PclntabInfo, Vec<Function>), BinaryError> {
+fn load_pclntab(
+    elf: &Elf,
+    data: &[u8],
+) -> Result<(PclntabInfo, Vec<pclntab::SizedFunction>), BinaryError> {
     let relocs = elf.relative_relocations(data);
     let reader_for = |ptr_size| PointerReader {
         elf,
@@ -517,7 +556,7 @@ fn finish(
     reader: &PointerReader<'_>,
     cand: Candidate<'_>,
     md: Option<moduledata::Moduledata>,
-) -> Result<(PclntabInfo, Vec<Function>), BinaryError> {
+) -> Result<(PclntabInfo, Vec<pclntab::SizedFunction>), BinaryError> {
     let mut header = cand.header;
     // In PIE files the textStart word is relocated: prefer the relocation's value.
     if let Some(field) = header.text_start_field_offset() {
@@ -545,9 +584,9 @@ fn finish(
             (h, None) => (h, TextStartSource::Header),
         }
     };
-    let funcs = pclntab::parse_functions(cand.bytes, &header, text_start)?;
+    let funcs = pclntab::parse_functions_with_sizes(cand.bytes, &header, text_start)?;
     // Cross-check: the functions must lie in executable segments.
-    if let (Some(first), Some(last)) = (funcs.first(), funcs.last()) {
+    if let (Some(first), Some(last)) = (funcs.first().map(|f| &f.func), funcs.last().map(|f| &f.func)) {
         let in_text = |a: u64| elf.exec_segment_for(a).is_some();
         let last_byte = last.end.saturating_sub(1).max(last.entry);
         if !in_text(first.entry) || !in_text(last_byte) {

@@ -15,7 +15,7 @@
 //!   (1.18+), then nameoff i32 into the function name table.
 
 use super::Function;
-use super::bytes::{cstr, slice, u8_at, u32_le, word};
+use super::bytes::{cstr, slice, tail, u8_at, u32_le, uvarint, word};
 
 /// Go 1.2-1.15.
 pub const MAGIC_GO12: u32 = 0xffff_fffb;
@@ -224,6 +224,29 @@ pub fn parse_functions(
     hdr: &PclnHeader,
     text_start: u64,
 ) -> Result<Vec<Function>, PclntabError> {
+    Ok(parse_functions_with_sizes(data, hdr, text_start)?
+        .into_iter()
+        .map(|f| f.func)
+        .collect())
+}
+
+/// A function table entry with its exact code size.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SizedFunction {
+    /// `end` is the next function's entry (includes alignment padding).
+    pub func: Function,
+    /// The code size without alignment padding (what `.symtab` records), as
+    /// covered by the function's SP-delta table; `None` when the function has
+    /// no such table or it is inconsistent.
+    pub code_size: Option<u64>,
+}
+
+/// Like [`parse_functions`], also decoding each function's exact code size.
+pub fn parse_functions_with_sizes(
+    data: &[u8],
+    hdr: &PclnHeader,
+    text_start: u64,
+) -> Result<Vec<SizedFunction>, PclntabError> {
     let entry_size = hdr.functab_entry_size();
     let count = hdr.nfunc.checked_add(1);
     let ftab = count
@@ -291,88 +314,157 @@ pub fn parse_functions(
             .checked_add(name_off)
             .ok_or_else(|| bad("name offset overflows"))?;
         let name = cstr(names, name_at, MAX_NAME).ok_or_else(|| bad("name is out of range"))?;
-        out.push(Function {
-            name: String::from_utf8_lossy(name).into_owned(),
-            entry,
-            end: next.0,
+        let pcsp_field = if hdr.version.uses_text_start() {
+            func.checked_add(16)
+        } else {
+            func.checked_add(u64::from(ps) + 12)
+        };
+        let code_size = pcsp_field
+            .and_then(|f| u32_le(data, f))
+            .and_then(|pcsp| pc_table_length(data, hdr, pcsp, next.0 - entry));
+        out.push(SizedFunction {
+            func: Function {
+                name: String::from_utf8_lossy(name).into_owned(),
+                entry,
+                end: next.0,
+            },
+            code_size,
         });
         cur = next;
     }
     Ok(out)
 }
 
+/// The number of code bytes covered by the pc-value table at `pctab +
+/// table_off` (Go's `pcvalue` encoding: pairs of zig-zag value delta and pc
+/// delta in units of minLC, ended by a zero value delta). `None` if the
+/// table is absent, malformed or longer than `limit`.
+fn pc_table_length(data: &[u8], hdr: &PclnHeader, table_off: u32, limit: u64) -> Option<u64> {
+    if table_off == 0 {
+        return None;
+    }
+    // The pc tables lie between pctabOffset and pclnOffset.
+    let region = data.get(..usize::try_from(hdr.pcln_offset).ok()?)?;
+    let mut p = tail(region, hdr.pctab_offset.checked_add(u64::from(table_off))?)?;
+    let quantum = u64::from(hdr.min_lc);
+    let mut pc: u64 = 0;
+    let mut first = true;
+    loop {
+        let (value_delta, n) = uvarint(p)?;
+        if value_delta == 0 && !first {
+            break;
+        }
+        first = false;
+        p = p.get(n..)?;
+        let (pc_delta, n) = uvarint(p)?;
+        p = p.get(n..)?;
+        pc = pc.checked_add(pc_delta.checked_mul(quantum)?)?;
+        if pc > limit {
+            return None;
+        }
+    }
+    (pc > 0).then_some(pc)
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// Builds a synthetic table: `funcs` are (name, entryoff) plus an end offset.
-    pub(crate) fn synth(version: PclnVersion, text_start: u64, funcs: &[(&str, u64)], end: u64) -> Vec<u8> {
+    /// Builds a synthetic table: `funcs` are (name, entryoff, code size)
+    /// plus an end offset. Code sizes of 0 get no SP-delta table.
+    pub(crate) fn synth(
+        version: PclnVersion,
+        text_start: u64,
+        funcs: &[(&str, u64, u64)],
+        end: u64,
+    ) -> Vec<u8> {
         let ps = 8u64;
         let magic = match version {
             PclnVersion::Go116 => MAGIC_GO116,
             PclnVersion::Go118 => MAGIC_GO118,
             PclnVersion::Go120 => MAGIC_GO120,
         };
-        let words = if version.uses_text_start() { 8 } else { 7 };
+        let new = version.uses_text_start();
+        let words = if new { 8 } else { 7 };
         let hdr_size = 8 + ps * words;
         let mut names = Vec::new();
         let mut name_offs = Vec::new();
-        for (n, _) in funcs {
+        for (n, _, _) in funcs {
             name_offs.push(names.len() as u64);
             names.extend_from_slice(n.as_bytes());
             names.push(0);
         }
+        // pctab: a leading pad byte (offset 0 means "no table"), then one
+        // table per function: value +1 over `size` bytes, then the end mark.
+        let mut pctab = vec![0u8];
+        let mut pcsp_offs = Vec::new();
+        for (_, _, size) in funcs {
+            if *size == 0 {
+                pcsp_offs.push(0u32);
+                continue;
+            }
+            pcsp_offs.push(pctab.len() as u32);
+            pctab.push(2);
+            let mut v = *size;
+            while v >= 0x80 {
+                pctab.push((v as u8) | 0x80);
+                v >>= 7;
+            }
+            pctab.push(v as u8);
+            pctab.push(0);
+        }
         let funcname_offset = hdr_size;
         let cu_offset = funcname_offset + names.len() as u64;
-        let pcln_offset = cu_offset;
+        let pctab_offset = cu_offset;
+        let pcln_offset = pctab_offset + pctab.len() as u64;
         let nfunc = funcs.len() as u64;
-        let entry_size = if version.uses_text_start() { 8 } else { 16 };
+        let entry_size = if new { 8 } else { 16 };
         let ftab_len = (nfunc + 1) * entry_size;
-        let func_size = if version.uses_text_start() { 8 } else { 16 };
+        let func_size = if new { 44 } else { 48 };
 
         let mut d = Vec::new();
         d.extend_from_slice(&magic.to_le_bytes());
         d.extend_from_slice(&[0, 0, 1, 8]);
         let mut hw = vec![nfunc, 1];
-        if version.uses_text_start() {
+        if new {
             hw.push(text_start);
         }
-        hw.extend_from_slice(&[funcname_offset, cu_offset, cu_offset, cu_offset, pcln_offset]);
+        hw.extend_from_slice(&[funcname_offset, cu_offset, cu_offset, pctab_offset, pcln_offset]);
         for w in hw {
             d.extend_from_slice(&w.to_le_bytes());
         }
         d.extend_from_slice(&names);
+        d.extend_from_slice(&pctab);
         let put = |d: &mut Vec<u8>, v: u64| {
-            if version.uses_text_start() {
+            if new {
                 d.extend_from_slice(&(v as u32).to_le_bytes());
             } else {
                 d.extend_from_slice(&v.to_le_bytes());
             }
         };
-        let entry_val = |off: u64| if version.uses_text_start() { off } else { text_start + off };
-        for (i, (_, off)) in funcs.iter().enumerate() {
+        let entry_val = |off: u64| if new { off } else { text_start + off };
+        for (i, (_, off, _)) in funcs.iter().enumerate() {
             put(&mut d, entry_val(*off));
             put(&mut d, ftab_len + i as u64 * func_size);
         }
         put(&mut d, entry_val(end));
         put(&mut d, 0);
-        for (i, (_, off)) in funcs.iter().enumerate() {
+        for (i, (_, off, _)) in funcs.iter().enumerate() {
+            let start = d.len();
             put(&mut d, entry_val(*off));
             d.extend_from_slice(&(name_offs[i] as u32).to_le_bytes());
-            if !version.uses_text_start() {
-                d.extend_from_slice(&[0; 4]);
-            } else {
-                // entryoff(4) + nameoff(4): already 8 bytes
-            }
+            d.extend_from_slice(&[0; 8]); // args, deferreturn
+            d.extend_from_slice(&pcsp_offs[i].to_le_bytes());
+            d.resize(start + func_size as usize, 0);
         }
         d
     }
 
-    const FUNCS: &[(&str, u64)] = &[
-        ("runtime.a", 0),
-        ("runtime.newproc", 0x40),
-        ("runtime.newproc", 0x100),
-        ("main.main", 0x180),
+    const FUNCS: &[(&str, u64, u64)] = &[
+        ("runtime.a", 0, 0x3a),
+        ("runtime.newproc", 0x40, 0xb1),
+        ("runtime.newproc", 0x100, 0),
+        ("main.main", 0x180, 0x200),
     ];
 
     #[test]
@@ -388,6 +480,10 @@ pub(crate) mod tests {
             } else {
                 0xdead // ignored
             };
+            let sized = parse_functions_with_sizes(&d, &hdr, text).unwrap();
+            let sizes: Vec<_> = sized.iter().map(|f| f.code_size).collect();
+            // 0x200 is longer than main.main's slot: rejected.
+            assert_eq!(sizes, vec![Some(0x3a), Some(0xb1), None, None]);
             let f = parse_functions(&d, &hdr, text).unwrap();
             assert_eq!(f.len(), 4);
             assert_eq!(
@@ -434,7 +530,7 @@ pub(crate) mod tests {
             Err(PclntabError::Truncated { .. })
         ));
         // Unsorted entries.
-        let d = synth(PclnVersion::Go120, 0x1000, &[("a", 0x10), ("b", 0)], 0x20);
+        let d = synth(PclnVersion::Go120, 0x1000, &[("a", 0x10, 1), ("b", 0, 1)], 0x20);
         let hdr = parse_header(&d).unwrap();
         assert_eq!(parse_functions(&d, &hdr, 0x1000), Err(PclntabError::NotSorted(1)));
         // Text start overflow.
@@ -452,7 +548,7 @@ pub(crate) mod tests {
             let good = synth(v, 0x1000, FUNCS, 0x200);
             for n in 0..good.len() {
                 if let Ok(hdr) = parse_header(&good[..n]) {
-                    let _ = parse_functions(&good[..n], &hdr, 0x1000);
+                    let _ = parse_functions_with_sizes(&good[..n], &hdr, 0x1000);
                 }
             }
             let mut state = 0x9e37_79b9_7f4a_7c15u64;
@@ -466,7 +562,7 @@ pub(crate) mod tests {
                     d[i] = (state >> 32) as u8;
                 }
                 if let Ok(hdr) = parse_header(&d) {
-                    let _ = parse_functions(&d, &hdr, state);
+                    let _ = parse_functions_with_sizes(&d, &hdr, state);
                 }
             }
         }

@@ -285,7 +285,7 @@ fn build_toolchain(go: &Path, dir: &Path, gocache: &Path) -> Result<Toolchain, S
         if v == Variant::NoSizeSpecializedMalloc && version < GoVersion::new(1, 27, 0) {
             continue;
         }
-        let out = dir.join(format!("{v:?}").to_lowercase());
+        let out = dir.join("bin").join(format!("{v:?}").to_lowercase());
         let mut cmd = go_command(go, gocache, dir);
         cmd.current_dir(if v.cgo() { &cgo } else { &plain });
         cmd.args(["build", "-o"]).arg(&out);
@@ -371,12 +371,15 @@ fn build_info_matches_toolchain() {
         ensure(bi.setting("GOARCH") == Some(goarch), || {
             format!("GOARCH {:?}", bi.setting("GOARCH"))
         })?;
-        if b.variant.pie() {
+        // Go 1.19 does not record -buildmode in the build info.
+        if b.variant.pie() && tc.version >= GoVersion::new(1, 20, 0) {
             ensure(bi.setting("-buildmode") == Some("pie"), || {
                 format!("-buildmode {:?}", bi.setting("-buildmode"))
             })?;
-            ensure(b.bin.is_pie(), || "is_pie() is false".into())?;
         }
+        ensure(b.bin.is_pie() == b.variant.pie(), || {
+            format!("is_pie() is {}", b.bin.is_pie())
+        })?;
         if b.variant.stripped() {
             ensure(bi.setting("-ldflags") == Some("-s -w"), || {
                 format!("-ldflags {:?}", bi.setting("-ldflags"))
@@ -459,14 +462,13 @@ fn symbol_source_and_runtime_lookups() {
 }
 
 /// Functions in `reference` (a symtab list) whose entry differs in the
-/// pclntab list. Only runtime.* names; ABI0 wrappers (".abi0" in symtab)
-/// are skipped.
+/// pclntab list. Only runtime.* names.
 fn pclntab_mismatches(reference: &[&Function], pcln: &[Function]) -> (usize, Vec<String>) {
     let by_name: HashMap<&str, &Function> = pcln.iter().map(|f| (f.name.as_str(), f)).collect();
     let mut compared = 0;
     let mut bad = Vec::new();
     for f in reference {
-        if !f.name.starts_with("runtime.") || f.name.ends_with(".abi0") {
+        if !f.name.starts_with("runtime.") {
             continue;
         }
         compared += 1;
@@ -527,6 +529,38 @@ fn pclntab_agrees_with_symtab() {
             }
         }
     }
+}
+
+#[test]
+fn pclntab_code_sizes_match_symtab() {
+    check_all(|_, b| {
+        if b.bin.symbol_source() != SymbolSource::Symtab {
+            return Ok(());
+        }
+        let sym: HashMap<u64, u64> = symtab_functions(&b.bin.elf, b.bin.data())
+            .into_iter()
+            .map(|f| (f.entry, f.size()))
+            .collect();
+        let (_, funcs) = load_pclntab(&b.bin.elf, b.bin.data()).map_err(|e| e.to_string())?;
+        let mut compared = 0;
+        let mut bad = Vec::new();
+        for f in &funcs {
+            let (Some(size), Some(&want)) = (f.code_size, sym.get(&f.func.entry)) else {
+                continue;
+            };
+            compared += 1;
+            if size != want {
+                bad.push(format!("{} {:#x}: pcsp {size}, symtab {want}", f.func.name, f.func.entry));
+            }
+        }
+        let sized = funcs.iter().filter(|f| f.code_size.is_some()).count();
+        ensure(sized * 10 >= funcs.len() * 9, || {
+            format!("only {sized} of {} functions have a code size", funcs.len())
+        })?;
+        ensure(compared > 1000 && bad.is_empty(), || {
+            format!("{} of {compared} sizes differ: {:?}", bad.len(), &bad[..bad.len().min(5)])
+        })
+    });
 }
 
 #[test]
@@ -645,14 +679,16 @@ fn open_proc_pid_exe() {
         .spawn()
         .expect("start the Go test program");
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    stdout.read_line(&mut line).unwrap();
     assert_eq!(line.trim(), "ready");
     let proc_path = PathBuf::from(format!("/proc/{}/exe", child.id()));
     let opened = GoBinary::open(&proc_path);
     drop(child.stdin.take()); // EOF: the program exits
+    let mut rest = String::new();
+    stdout.read_line(&mut rest).unwrap();
     let status = child.wait().unwrap();
+    assert_eq!(rest.trim(), "1");
     let bin = opened.unwrap_or_else(|e| panic!("open {}: {e}", proc_path.display()));
     assert!(status.success());
     assert_eq!(bin.build_info().go_version, b.bin.build_info().go_version);

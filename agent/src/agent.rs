@@ -1,0 +1,148 @@
+//! `goalloc agent`: follow every Go process on the node and serve Prometheus
+//! metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`).
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use agent_common::ProcEvent;
+use anyhow::{Context, Result};
+use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use tokio::{
+    io::unix::AsyncFd,
+    signal::unix::{SignalKind, signal},
+};
+
+use crate::{
+    ebpf::{Engine, EngineOptions},
+    identity,
+    metrics::{CONTENT_TYPE, Metrics},
+    plan::PlanOptions,
+    tracker::{Aggregate, Tracker},
+};
+
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    pub listen: SocketAddr,
+    pub aggregate: Aggregate,
+    /// Period of the /proc safety-net sweep.
+    pub sweep_interval: Duration,
+    pub plan: PlanOptions,
+}
+
+#[derive(Clone)]
+struct Http {
+    metrics: Arc<Metrics>,
+    ready: Arc<AtomicBool>,
+}
+
+async fn metrics(State(http): State<Http>) -> impl IntoResponse {
+    // Encoding reads the kernel maps; keep it off the async workers.
+    let m = http.metrics.clone();
+    match tokio::task::spawn_blocking(move || m.render()).await {
+        Ok(Ok(body)) => (StatusCode::OK, [("content-type", CONTENT_TYPE)], body).into_response(),
+        _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(http): State<Http>) -> impl IntoResponse {
+    if http.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "initial /proc sweep not finished\n")
+    }
+}
+
+pub async fn run(opts: AgentOptions) -> Result<()> {
+    let mut engine = Engine::load(EngineOptions::default())?;
+    let ring = engine.start_process_events()?;
+    let pods = match identity::kube::start_in_cluster().await {
+        Ok(p) => p,
+        Err(e) => {
+            // Metrics without pod names beat no metrics.
+            log::warn!("Kubernetes pod metadata unavailable, pod labels stay empty: {e}");
+            None
+        }
+    };
+    let tracker = Arc::new(Mutex::new(Tracker::new(engine, opts.plan, opts.aggregate, pods)));
+    let http = Http {
+        metrics: Arc::new(Metrics::new(tracker.clone())),
+        ready: Arc::new(AtomicBool::new(false)),
+    };
+    let listener = tokio::net::TcpListener::bind(opts.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", opts.listen))?;
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(http.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    eprintln!("goalloc: agent listening on http://{}/metrics", opts.listen);
+
+    // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer.
+    let mut ring = unsafe { AsyncFd::register(ring) }
+        .map_err(|e| anyhow::anyhow!("polling the process event ring buffer: {e}"))?;
+    // Events first, then the sweep: a process that starts during the sweep is
+    // caught by one or the other.
+    sweep(&tracker)?;
+    http.ready.store(true, Ordering::Relaxed);
+    {
+        let t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+        eprintln!(
+            "goalloc: tracking {} Go processes in {} binaries (sweep took {:?})",
+            t.processes().count(),
+            t.engine().attached_binaries(),
+            t.stats.last_sweep
+        );
+    }
+
+    let mut sweeper = tokio::time::interval_at(tokio::time::Instant::now() + opts.sweep_interval, opts.sweep_interval);
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            guard = ring.readable_mut() => {
+                let mut guard = guard?;
+                let events: Vec<ProcEvent> = {
+                    let rb = guard.get_inner_mut();
+                    let mut out = Vec::new();
+                    while let Some(item) = rb.next() {
+                        if item.len() >= std::mem::size_of::<ProcEvent>() {
+                            // SAFETY: the kernel wrote a ProcEvent; read unaligned.
+                            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcEvent>()) });
+                        }
+                    }
+                    out
+                };
+                guard.clear_ready();
+                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                for ev in &events {
+                    t.on_event(ev)?;
+                }
+            }
+            _ = sweeper.tick() => sweep(&tracker)?,
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+        if server.is_finished() {
+            anyhow::bail!("the metrics server stopped");
+        }
+    }
+    eprintln!("goalloc: stopping, detaching probes");
+    Ok(())
+}
+
+fn sweep(tracker: &Arc<Mutex<Tracker>>) -> Result<()> {
+    tracker.lock().unwrap_or_else(|p| p.into_inner()).sweep()?;
+    Ok(())
+}
