@@ -5,7 +5,7 @@ use agent_common::{
 };
 use aya_ebpf::{
     Global,
-    bindings::BPF_NOEXIST,
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::bpf_get_current_pid_tgid,
     macros::map,
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -13,9 +13,11 @@ use aya_ebpf::{
 
 /// Cumulative counters per process (tgid). Per-CPU so the hot path needs no
 /// atomics; userspace sums the CPUs and removes entries of exited processes.
+/// Not preallocated: a full table would be 352 bytes x CPUs x capacity of
+/// memory charged to the agent's cgroup whether or not processes exist.
 #[map]
 pub static PROC_STATS: PerCpuHashMap<u32, ProcStats> =
-    PerCpuHashMap::with_max_entries(MAX_PROCESSES, 0);
+    PerCpuHashMap::with_max_entries(MAX_PROCESSES, BPF_F_NO_PREALLOC);
 
 /// Allocator probe configuration, indexed by the attach cookie.
 #[map]

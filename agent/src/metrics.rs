@@ -164,6 +164,18 @@ impl Collector for TrackerCollector {
             None,
             engine.attached_probes() as f64,
         )?;
+        if let Ok(n) = tracker.kernel_entries() {
+            gauge(
+                &mut enc,
+                "goalloc_kernel_map_entries",
+                &format!(
+                    "Processes with counters in the kernel map (capacity {}).",
+                    agent_common::MAX_PROCESSES
+                ),
+                None,
+                n as f64,
+            )?;
+        }
         gauge(
             &mut enc,
             "goalloc_last_sweep_duration",

@@ -84,7 +84,10 @@ impl BuildInfo {
             .flat_map(|(_, v)| v.split(','))
             .map(|e| e.trim().to_ascii_lowercase())
             .filter(|e| !e.is_empty());
-        for e in version_experiments(go_version).into_iter().chain(from_setting) {
+        for e in version_experiments(go_version)
+            .into_iter()
+            .chain(from_setting)
+        {
             if !experiments.contains(&e) {
                 experiments.push(e);
             }
@@ -163,9 +166,11 @@ fn pointed_string<'a, F>(
 where
     F: Fn(u64, u64) -> Option<&'a [u8]>,
 {
-    let hdr = read(addr, 2 * u64::from(ptr_size)).ok_or(BuildInfoError::BadPointer { what, addr })?;
+    let hdr =
+        read(addr, 2 * u64::from(ptr_size)).ok_or(BuildInfoError::BadPointer { what, addr })?;
     let ptr = word(hdr, 0, ptr_size, big).ok_or(BuildInfoError::BadString(what))?;
-    let len = word(hdr, u64::from(ptr_size), ptr_size, big).ok_or(BuildInfoError::BadString(what))?;
+    let len =
+        word(hdr, u64::from(ptr_size), ptr_size, big).ok_or(BuildInfoError::BadString(what))?;
     if len == 0 {
         return Ok(&[]);
     }
@@ -182,10 +187,11 @@ where
 /// (Go's own rule: at least 33 bytes and a newline 17 bytes from the end).
 pub fn strip_sentinels(modinfo: &[u8]) -> &[u8] {
     let n = modinfo.len();
-    if n >= 33 && modinfo.get(n - 17) == Some(&b'\n') {
-        if let Some(inner) = modinfo.get(16..n - 16) {
-            return inner;
-        }
+    if n >= 33
+        && modinfo.get(n - 17) == Some(&b'\n')
+        && let Some(inner) = modinfo.get(16..n - 16)
+    {
+        return inner;
     }
     modinfo
 }
@@ -375,7 +381,8 @@ mod tests {
         headers.extend_from_slice(&(version.len() as u64).to_le_bytes());
         headers.extend_from_slice(&0x3100u64.to_le_bytes());
         headers.extend_from_slice(&(modinfo.len() as u64).to_le_bytes());
-        let mem: Vec<(u64, Vec<u8>)> = vec![(0x2000, headers), (0x3000, version), (0x3100, modinfo)];
+        let mem: Vec<(u64, Vec<u8>)> =
+            vec![(0x2000, headers), (0x3000, version), (0x3100, modinfo)];
         let read = |addr: u64, len: u64| -> Option<&[u8]> {
             mem.iter().find_map(|(base, bytes)| {
                 let off = addr.checked_sub(*base)?;
@@ -397,7 +404,10 @@ mod tests {
 
     #[test]
     fn rejects_garbage() {
-        assert_eq!(parse_build_info(b"", no_read).unwrap_err(), BuildInfoError::BadMagic);
+        assert_eq!(
+            parse_build_info(b"", no_read).unwrap_err(),
+            BuildInfoError::BadMagic
+        );
         assert_eq!(
             parse_build_info(b"\xff Go buildinf:\x08\x02", no_read).unwrap_err(),
             BuildInfoError::Truncated
@@ -409,7 +419,10 @@ mod tests {
             BuildInfoError::BadString("version")
         );
         let d = new_format("", b"");
-        assert_eq!(parse_build_info(&d, no_read).unwrap_err(), BuildInfoError::EmptyVersion);
+        assert_eq!(
+            parse_build_info(&d, no_read).unwrap_err(),
+            BuildInfoError::EmptyVersion
+        );
         let d = new_format("banana", b"");
         assert!(matches!(
             parse_build_info(&d, no_read).unwrap_err(),
@@ -418,7 +431,10 @@ mod tests {
         let mut d = new_format("go1.21.0", b"");
         d[15] = 0;
         d[14] = 3;
-        assert_eq!(parse_build_info(&d, no_read).unwrap_err(), BuildInfoError::BadPtrSize(3));
+        assert_eq!(
+            parse_build_info(&d, no_read).unwrap_err(),
+            BuildInfoError::BadPtrSize(3)
+        );
         // Every truncation of a valid blob fails cleanly or parses.
         let d = new_format("go1.21.0", &modinfo_bytes(MODINFO));
         for n in 0..d.len() {
@@ -432,7 +448,10 @@ mod tests {
             "path\tx\nbuild\t\"we=ird\"=\"a\\tb\\x41\\u00e9\\101\"\nbuild\tbad\nbuild\t=x\n",
         );
         assert_eq!(path.as_deref(), Some("x"));
-        assert_eq!(settings, vec![("we=ird".to_string(), "a\tbAéA".to_string())]);
+        assert_eq!(
+            settings,
+            vec![("we=ird".to_string(), "a\tbAéA".to_string())]
+        );
         assert_eq!(unquote("\"\\q\""), None);
         assert_eq!(unquote("\"a\"b\""), None);
         assert_eq!(unquote("\"\\x4\""), None);

@@ -60,6 +60,46 @@ pub(crate) fn cstr(d: &[u8], off: u64, max: usize) -> Option<&[u8]> {
     window.get(..nul)
 }
 
+/// Reads NUL-terminated names from one string table with a bound on the
+/// total number of bytes scanned, so that a table without terminators (or
+/// many offsets into one long string) cannot make parsing quadratic.
+pub(crate) struct NameTable<'a> {
+    table: &'a [u8],
+    max_name: usize,
+    budget: usize,
+}
+
+impl<'a> NameTable<'a> {
+    pub(crate) fn new(table: &'a [u8], max_name: usize) -> Self {
+        // Real tables are scanned about once per name reference; allow
+        // generous slack for shared names (ABI wrappers) and suffix sharing.
+        let budget = table.len().saturating_mul(8).saturating_add(16 << 20);
+        NameTable {
+            table,
+            max_name,
+            budget,
+        }
+    }
+
+    /// The name at `off`, or `None` if it is out of range, unterminated
+    /// within `max_name` bytes, or the scan budget is exhausted.
+    pub(crate) fn get(&mut self, off: u64) -> Option<&'a [u8]> {
+        let rest = tail(self.table, off)?;
+        let limit = self.max_name.min(rest.len()).min(self.budget);
+        let window = rest.get(..limit)?;
+        match window.iter().position(|&b| b == 0) {
+            Some(nul) => {
+                self.budget -= nul + 1;
+                window.get(..nul)
+            }
+            None => {
+                self.budget -= limit;
+                None
+            }
+        }
+    }
+}
+
 /// Go's unsigned varint (LEB128). Returns the value and the number of bytes
 /// used; `None` on truncation or overflow.
 pub(crate) fn uvarint(d: &[u8]) -> Option<(u64, usize)> {
@@ -105,6 +145,20 @@ mod tests {
         assert_eq!(cstr(d, 0, 2), None);
         assert_eq!(cstr(d, 3, 2), Some(&b""[..]));
         assert_eq!(cstr(d, 99, 2), None);
+    }
+
+    #[test]
+    fn name_table_budget() {
+        let mut t = NameTable::new(b"ab\0cd\0", 16);
+        assert_eq!(t.get(0), Some(&b"ab"[..]));
+        assert_eq!(t.get(3), Some(&b"cd"[..]));
+        assert_eq!(t.get(2), Some(&b""[..]));
+        assert_eq!(t.get(6), None);
+        assert_eq!(t.get(u64::MAX), None);
+        t.budget = 2;
+        assert_eq!(t.get(0), None);
+        assert_eq!(t.get(0), None);
+        assert_eq!(t.budget, 0);
     }
 
     #[test]

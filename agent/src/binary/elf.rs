@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use super::bytes::{cstr, slice, u8_at, u16_le, u32_le, u64_le};
+use super::bytes::{NameTable, cstr, slice, u8_at, u16_le, u32_le, u64_le};
 
 pub const ET_DYN: u16 = 3;
 pub const EM_X86_64: u16 = 62;
@@ -31,8 +31,10 @@ const PHDR_SIZE: u64 = 56;
 const SHDR_SIZE: u64 = 64;
 const SYM_SIZE: u64 = 24;
 const RELA_SIZE: u64 = 24;
-/// Longest symbol or section name we accept (Go generic instantiations can be long).
+/// Longest symbol name we accept (Go generic instantiations can be long).
 const MAX_NAME: usize = 1 << 16;
+/// Longest section name we accept.
+const MAX_SECTION_NAME: usize = 256;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ElfError {
@@ -205,9 +207,7 @@ impl Elf {
                 .checked_mul(shentsize)
                 .ok_or_else(|| malformed("section header table size overflows"))?;
             let table = slice(data, shoff, table_len).ok_or_else(|| {
-                malformed(
-                    "section header table is past the end of the file: the file is truncated",
-                )
+                malformed("section header table is past the end of the file: the file is truncated")
             })?;
             let mut raw = Vec::new();
             for i in 0..shnum {
@@ -232,10 +232,10 @@ impl Elf {
                 .and_then(|i| raw.get(i))
                 .and_then(|(_, s)| slice(data, s.offset, s.size));
             for (name_off, mut sec) in raw {
-                if let Some(strtab) = strtab {
-                    if let Some(name) = cstr(strtab, u64::from(name_off), MAX_NAME) {
-                        sec.name = String::from_utf8_lossy(name).into_owned();
-                    }
+                if let Some(strtab) = strtab
+                    && let Some(name) = cstr(strtab, u64::from(name_off), MAX_SECTION_NAME)
+                {
+                    sec.name = String::from_utf8_lossy(name).into_owned();
                 }
                 sections.push(sec);
             }
@@ -314,6 +314,7 @@ impl Elf {
                 .and_then(|i| self.sections.get(i))
                 .and_then(|s| self.section_data(data, s));
             let Some(strtab) = strtab else { continue };
+            let mut strtab = NameTable::new(strtab, MAX_NAME);
             let count = table.len() as u64 / SYM_SIZE;
             out.reserve(usize::try_from(count).unwrap_or(0));
             for i in 0..count {
@@ -326,7 +327,7 @@ impl Elf {
                 ) else {
                     break;
                 };
-                let name = cstr(strtab, u64::from(name_off), MAX_NAME).unwrap_or(&[]);
+                let name = strtab.get(u64::from(name_off)).unwrap_or(&[]);
                 out.push(Symbol {
                     name: String::from_utf8_lossy(name).into_owned(),
                     kind: info & 0xf,
@@ -430,9 +431,17 @@ mod tests {
         assert_eq!(elf.machine, EM_X86_64);
         assert_eq!(elf.segments.len(), 1);
         assert!(elf.sections.is_empty());
-        assert_eq!(elf.exec_segment_for(0x400010).unwrap().file_offset(0x400010), Some(0x10));
+        assert_eq!(
+            elf.exec_segment_for(0x400010)
+                .unwrap()
+                .file_offset(0x400010),
+            Some(0x10)
+        );
         assert!(elf.exec_segment_for(0x401000).is_none());
-        assert_eq!(elf.read_vaddr(&d, 0x400ff0, 0x10).map(|s| s.len()), Some(0x10));
+        assert_eq!(
+            elf.read_vaddr(&d, 0x400ff0, 0x10).map(|s| s.len()),
+            Some(0x10)
+        );
         assert!(elf.read_vaddr(&d, 0x400ff0, 0x11).is_none());
         assert!(elf.symbols(&d).is_empty());
         assert!(elf.relative_relocations(&d).is_empty());
@@ -452,13 +461,22 @@ mod tests {
         ));
         let mut d = tiny_elf();
         d[56..58].copy_from_slice(&0xfffeu16.to_le_bytes());
-        assert!(matches!(Elf::parse(&d).unwrap_err(), ElfError::Malformed(_)));
+        assert!(matches!(
+            Elf::parse(&d).unwrap_err(),
+            ElfError::Malformed(_)
+        ));
         let mut d = tiny_elf();
         d[64 + 32..64 + 40].copy_from_slice(&0x2000u64.to_le_bytes()); // filesz > file
-        assert!(matches!(Elf::parse(&d).unwrap_err(), ElfError::Malformed(_)));
+        assert!(matches!(
+            Elf::parse(&d).unwrap_err(),
+            ElfError::Malformed(_)
+        ));
         let mut d = tiny_elf();
         d[40..48].copy_from_slice(&u64::MAX.to_le_bytes()); // shoff
         d[60..62].copy_from_slice(&3u16.to_le_bytes());
-        assert!(matches!(Elf::parse(&d).unwrap_err(), ElfError::Malformed(_)));
+        assert!(matches!(
+            Elf::parse(&d).unwrap_err(),
+            ElfError::Malformed(_)
+        ));
     }
 }

@@ -559,14 +559,12 @@ fn finish(
 ) -> Result<(PclntabInfo, Vec<pclntab::SizedFunction>), BinaryError> {
     let mut header = cand.header;
     // In PIE files the textStart word is relocated: prefer the relocation's value.
-    if let Some(field) = header.text_start_field_offset() {
-        if let Some(v) = cand
-            .vaddr
-            .checked_add(field)
-            .and_then(|a| reader.relocs.get(&a))
-        {
-            header.text_start = *v;
-        }
+    if let Some(v) = header
+        .text_start_field_offset()
+        .and_then(|field| cand.vaddr.checked_add(field))
+        .and_then(|a| reader.relocs.get(&a))
+    {
+        header.text_start = *v;
     }
     let (text_start, source) = if !header.version.uses_text_start() {
         (md.map_or(0, |m| m.text), TextStartSource::NotNeeded)
@@ -586,7 +584,10 @@ fn finish(
     };
     let funcs = pclntab::parse_functions_with_sizes(cand.bytes, &header, text_start)?;
     // Cross-check: the functions must lie in executable segments.
-    if let (Some(first), Some(last)) = (funcs.first().map(|f| &f.func), funcs.last().map(|f| &f.func)) {
+    if let (Some(first), Some(last)) = (
+        funcs.first().map(|f| &f.func),
+        funcs.last().map(|f| &f.func),
+    ) {
         let in_text = |a: u64| elf.exec_segment_for(a).is_some();
         let last_byte = last.end.saturating_sub(1).max(last.entry);
         if !in_text(first.entry) || !in_text(last_byte) {

@@ -79,10 +79,10 @@ pub fn find(reader: &PointerReader<'_>, pcln_vaddr: u64, hdr: &PclnHeader) -> Op
         let skip = (ps - seg.vaddr % ps) % ps;
         let mut off = skip;
         while let Some(w) = word(bytes, off, reader.ptr_size, false) {
-            if w == pcln_vaddr {
-                if let Some(a) = seg.vaddr.checked_add(off) {
-                    candidates.push(a);
-                }
+            if w == pcln_vaddr
+                && let Some(a) = seg.vaddr.checked_add(off)
+            {
+                candidates.push(a);
             }
             off += ps;
         }

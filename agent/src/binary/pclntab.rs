@@ -15,7 +15,7 @@
 //!   (1.18+), then nameoff i32 into the function name table.
 
 use super::Function;
-use super::bytes::{cstr, slice, tail, u8_at, u32_le, uvarint, word};
+use super::bytes::{NameTable, slice, tail, u8_at, u32_le, uvarint, word};
 
 /// Go 1.2-1.15.
 pub const MAGIC_GO12: u32 = 0xffff_fffb;
@@ -173,7 +173,8 @@ pub fn parse_header(data: &[u8]) -> Result<PclnHeader, PclntabError> {
         return Err(PclntabError::BadHeader("invalid pointer size"));
     }
     let ps = u64::from(ptr_size);
-    let w = |i: u64| word(data, 8 + i * ps, ptr_size, false).ok_or(PclntabError::TooShort(data.len()));
+    let w =
+        |i: u64| word(data, 8 + i * ps, ptr_size, false).ok_or(PclntabError::TooShort(data.len()));
     let (nfunc, nfiles) = (w(0)?, w(1)?);
     let (text_start, first) = if version.uses_text_start() {
         (w(2)?, 3)
@@ -209,7 +210,9 @@ pub fn parse_header(data: &[u8]) -> Result<PclnHeader, PclntabError> {
         return Err(PclntabError::BadHeader("table offsets are out of order"));
     }
     if hdr.pcln_offset >= data.len() as u64 {
-        return Err(PclntabError::BadHeader("table offsets point past the end of the data"));
+        return Err(PclntabError::BadHeader(
+            "table offsets point past the end of the data",
+        ));
     }
     Ok(hdr)
 }
@@ -258,9 +261,10 @@ pub fn parse_functions_with_sizes(
             len: data.len(),
         })?;
     let ps = hdr.ptr_size;
-    let names = data
-        .get(..usize::try_from(hdr.cu_offset).unwrap_or(usize::MAX).min(data.len()))
-        .unwrap_or(&[]);
+    let names_end = usize::try_from(hdr.cu_offset)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let mut names = NameTable::new(data.get(..names_end).unwrap_or(&[]), MAX_NAME);
 
     // (entry address, raw entry field, funcoff) of functab entry `i`.
     let entry_at = |i: u64| -> Result<(u64, u64, u64), PclntabError> {
@@ -313,7 +317,9 @@ pub fn parse_functions_with_sizes(
             .funcname_offset
             .checked_add(name_off)
             .ok_or_else(|| bad("name offset overflows"))?;
-        let name = cstr(names, name_at, MAX_NAME).ok_or_else(|| bad("name is out of range"))?;
+        let name = names
+            .get(name_at)
+            .ok_or_else(|| bad("name is out of range or not terminated"))?;
         let pcsp_field = if hdr.version.uses_text_start() {
             func.checked_add(16)
         } else {
@@ -429,7 +435,13 @@ pub(crate) mod tests {
         if new {
             hw.push(text_start);
         }
-        hw.extend_from_slice(&[funcname_offset, cu_offset, cu_offset, pctab_offset, pcln_offset]);
+        hw.extend_from_slice(&[
+            funcname_offset,
+            cu_offset,
+            cu_offset,
+            pctab_offset,
+            pcln_offset,
+        ]);
         for w in hw {
             d.extend_from_slice(&w.to_le_bytes());
         }
@@ -501,12 +513,19 @@ pub(crate) mod tests {
 
     #[test]
     fn rejects_bad_tables() {
-        assert_eq!(parse_header(b"\xf1\xff").unwrap_err(), PclntabError::TooShort(2));
+        assert_eq!(
+            parse_header(b"\xf1\xff").unwrap_err(),
+            PclntabError::TooShort(2)
+        );
         assert_eq!(
             parse_header(b"\xfb\xff\xff\xff\0\0\x01\x08").unwrap_err(),
             PclntabError::TooOld(MAGIC_GO12)
         );
-        assert!(PclntabError::TooOld(MAGIC_GO12).to_string().contains("Go older than 1.16"));
+        assert!(
+            PclntabError::TooOld(MAGIC_GO12)
+                .to_string()
+                .contains("Go older than 1.16")
+        );
         assert_eq!(
             parse_header(b"\x00\xff\xff\xff\0\0\x01\x08").unwrap_err(),
             PclntabError::BadMagic(0xffff_ff00)
@@ -530,9 +549,17 @@ pub(crate) mod tests {
             Err(PclntabError::Truncated { .. })
         ));
         // Unsorted entries.
-        let d = synth(PclnVersion::Go120, 0x1000, &[("a", 0x10, 1), ("b", 0, 1)], 0x20);
+        let d = synth(
+            PclnVersion::Go120,
+            0x1000,
+            &[("a", 0x10, 1), ("b", 0, 1)],
+            0x20,
+        );
         let hdr = parse_header(&d).unwrap();
-        assert_eq!(parse_functions(&d, &hdr, 0x1000), Err(PclntabError::NotSorted(1)));
+        assert_eq!(
+            parse_functions(&d, &hdr, 0x1000),
+            Err(PclntabError::NotSorted(1))
+        );
         // Text start overflow.
         let d = synth(PclnVersion::Go120, 0, FUNCS, 0x200);
         let hdr = parse_header(&d).unwrap();

@@ -95,7 +95,10 @@ impl Variant {
         )
     }
     fn cgo(self) -> bool {
-        matches!(self, Variant::Cgo | Variant::CgoPie | Variant::CgoPieStripped)
+        matches!(
+            self,
+            Variant::Cgo | Variant::CgoPie | Variant::CgoPieStripped
+        )
     }
     fn pie(self) -> bool {
         matches!(
@@ -257,7 +260,10 @@ fn build_fixture() -> Result<Fixture, String> {
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| Err("build thread panicked".into())))
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err("build thread panicked".into()))
+            })
             .collect()
     });
     let toolchains = results.into_iter().collect::<Result<Vec<_>, _>>()?;
@@ -353,7 +359,10 @@ fn build_info_matches_toolchain() {
     check_all(|tc, b| {
         let bi = b.bin.build_info();
         ensure(bi.go_version.starts_with(&tc.goversion), || {
-            format!("go_version {:?}, toolchain {:?}", bi.go_version, tc.goversion)
+            format!(
+                "go_version {:?}, toolchain {:?}",
+                bi.go_version, tc.goversion
+            )
         })?;
         ensure(bi.version == tc.version, || {
             format!("version {} != {}", bi.version, tc.version)
@@ -395,7 +404,9 @@ fn build_info_matches_toolchain() {
         } else {
             Arch::X86_64
         };
-        ensure(b.bin.arch() == want_arch, || format!("arch {:?}", b.bin.arch()))
+        ensure(b.bin.arch() == want_arch, || {
+            format!("arch {:?}", b.bin.arch())
+        })
     });
 }
 
@@ -415,7 +426,9 @@ fn experiment_is_reported() {
     for (tc, b) in builds {
         let bi = b.bin.build_info();
         assert!(
-            bi.experiments.iter().any(|e| e == "nosizespecializedmalloc"),
+            bi.experiments
+                .iter()
+                .any(|e| e == "nosizespecializedmalloc"),
             "{}: experiments {:?} (version {:?})",
             tc.name(),
             bi.experiments,
@@ -427,7 +440,11 @@ fn experiment_is_reported() {
         // The default build of the same toolchain has no experiment.
         let def = tc.build(Variant::Default).unwrap();
         assert!(def.bin.build_info().experiments.is_empty());
-        assert!(!def.bin.build_info().has_experiment("nosizespecializedmalloc"));
+        assert!(
+            !def.bin
+                .build_info()
+                .has_experiment("nosizespecializedmalloc")
+        );
     }
 }
 
@@ -442,8 +459,16 @@ fn symbol_source_and_runtime_lookups() {
         ensure(b.bin.symbol_source() == want, || {
             format!("symbol_source {:?}", b.bin.symbol_source())
         })?;
-        for name in ["runtime.mallocgc", "runtime.newproc1", "runtime.newproc", "main.main"] {
-            let f = b.bin.lookup(name).ok_or_else(|| format!("{name} not found"))?;
+        for name in [
+            "runtime.mallocgc",
+            "runtime.newproc1",
+            "runtime.newproc",
+            "main.main",
+        ] {
+            let f = b
+                .bin
+                .lookup(name)
+                .ok_or_else(|| format!("{name} not found"))?;
             ensure(f.name == name && f.end > f.entry, || format!("{f:?}"))?;
         }
         ensure(b.bin.lookup("runtime.nosuchfunction").is_none(), || {
@@ -496,7 +521,9 @@ fn pclntab_agrees_with_symtab() {
         };
         let reference: Vec<&Function> = reference_build.bin.functions().collect();
         let (compared, bad) = pclntab_mismatches(&reference, &pcln);
-        ensure(compared > 500, || format!("only {compared} runtime functions compared"))?;
+        ensure(compared > 500, || {
+            format!("only {compared} runtime functions compared")
+        })?;
         ensure(bad.is_empty(), || {
             format!(
                 "{} of {compared} runtime functions differ (text start {:?}), e.g. {:?}",
@@ -550,7 +577,10 @@ fn pclntab_code_sizes_match_symtab() {
             };
             compared += 1;
             if size != want {
-                bad.push(format!("{} {:#x}: pcsp {size}, symtab {want}", f.func.name, f.func.entry));
+                bad.push(format!(
+                    "{} {:#x}: pcsp {size}, symtab {want}",
+                    f.func.name, f.func.entry
+                ));
             }
         }
         let sized = funcs.iter().filter(|f| f.code_size.is_some()).count();
@@ -558,7 +588,11 @@ fn pclntab_code_sizes_match_symtab() {
             format!("only {sized} of {} functions have a code size", funcs.len())
         })?;
         ensure(compared > 1000 && bad.is_empty(), || {
-            format!("{} of {compared} sizes differ: {:?}", bad.len(), &bad[..bad.len().min(5)])
+            format!(
+                "{} of {compared} sizes differ: {:?}",
+                bad.len(),
+                &bad[..bad.len().min(5)]
+            )
         })
     });
 }
@@ -568,7 +602,9 @@ fn mallocgc_code_starts_with_stack_check() {
     check_all(|_, b| {
         let f = b.bin.lookup("runtime.mallocgc").ok_or("no mallocgc")?;
         let code = b.bin.code(f).map_err(|e| e.to_string())?;
-        ensure(code.len() as u64 == f.end - f.entry, || "code length".into())?;
+        ensure(code.len() as u64 == f.end - f.entry, || {
+            "code length".into()
+        })?;
         let want = match b.bin.arch() {
             Arch::X86_64 => AMD64_PROLOGUE,
             Arch::Aarch64 => ARM64_PROLOGUE,
@@ -627,7 +663,10 @@ fn largest_body_wins() {
                 format!("{name}: lookup {got:?}, largest {biggest:?}, all {copies:?}")
             })?;
             let dedup = b.bin.pclntab_functions().map_err(|e| e.to_string())?;
-            let d = dedup.iter().find(|f| f.name == name).ok_or("missing in dedup")?;
+            let d = dedup
+                .iter()
+                .find(|f| f.name == name)
+                .ok_or("missing in dedup")?;
             ensure(d == *biggest, || format!("pclntab_functions picked {d:?}"))?;
         }
         Ok(())
@@ -647,15 +686,21 @@ fn works_without_section_headers() {
     check_all(|_, b| {
         let bin = GoBinary::parse(without_section_headers(b.bin.data()))
             .map_err(|e| format!("parse without section headers: {e}"))?;
-        ensure(bin.symbol_source() == SymbolSource::Pclntab, || "source".into())?;
-        ensure(bin.build_info().go_version == b.bin.build_info().go_version, || {
-            "build info differs".into()
+        ensure(bin.symbol_source() == SymbolSource::Pclntab, || {
+            "source".into()
         })?;
-        ensure(bin.build_info().settings == b.bin.build_info().settings, || {
-            "settings differ".into()
-        })?;
+        ensure(
+            bin.build_info().go_version == b.bin.build_info().go_version,
+            || "build info differs".into(),
+        )?;
+        ensure(
+            bin.build_info().settings == b.bin.build_info().settings,
+            || "settings differ".into(),
+        )?;
         let info = bin.pclntab_info().map_err(|e| e.to_string())?;
-        ensure(info.location == PclntabLocation::Scan, || format!("{info:?}"))?;
+        ensure(info.location == PclntabLocation::Scan, || {
+            format!("{info:?}")
+        })?;
         let want = b.bin.pclntab_functions().map_err(|e| e.to_string())?;
         let got: Vec<Function> = bin.functions().cloned().collect();
         ensure(got == want, || "function lists differ".into())?;
@@ -711,7 +756,10 @@ fn rejects_non_elf_and_random_bytes() {
         GoBinary::parse(b"#!/bin/sh\necho hi\n".to_vec()),
         Err(BinaryError::NotElf)
     ));
-    assert!(matches!(GoBinary::parse(Vec::new()), Err(BinaryError::NotElf)));
+    assert!(matches!(
+        GoBinary::parse(Vec::new()),
+        Err(BinaryError::NotElf)
+    ));
     let mut state = 0x2545_f491_4f6c_dd1du64;
     let mut next = move || {
         state ^= state << 13;
@@ -742,7 +790,11 @@ fn rejects_non_go_elf() {
 fn rejects_truncated_and_corrupt_go_binaries() {
     let fx = fixture();
     for tc in &fx.toolchains {
-        for v in [Variant::Default, Variant::PieStripped, Variant::CgoPieStripped] {
+        for v in [
+            Variant::Default,
+            Variant::PieStripped,
+            Variant::CgoPieStripped,
+        ] {
             let data = tc.build(v).unwrap().bin.data();
             let half = data[..data.len() / 2].to_vec();
             let e = GoBinary::parse(half).unwrap_err();
@@ -762,7 +814,13 @@ fn rejects_truncated_and_corrupt_go_binaries() {
     let tc = &fx.toolchains[fx.toolchains.len() - 1];
     let b = tc.build(Variant::PieStripped).unwrap();
     let info = b.bin.pclntab_info().unwrap();
-    let pcln_off = b.bin.elf.load_segment_for(info.vaddr).unwrap().file_offset(info.vaddr).unwrap() as usize;
+    let pcln_off = b
+        .bin
+        .elf
+        .load_segment_for(info.vaddr)
+        .unwrap()
+        .file_offset(info.vaddr)
+        .unwrap() as usize;
     let regions = [(0usize, 0x1000usize), (pcln_off, 0x4000)];
     let mut state = 0x1234_5678_9abc_def1u64;
     let mut next = move || {
@@ -832,6 +890,10 @@ fn one_per_name_prefers_largest() {
     ]);
     assert_eq!(
         got,
-        vec![f("a", 0x100, 0x180), f("b", 0x200, 0x280), f("c", 0x500, 0x510)]
+        vec![
+            f("a", 0x100, 0x180),
+            f("b", 0x200, 0x280),
+            f("c", 0x500, 0x510)
+        ]
     );
 }
