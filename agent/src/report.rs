@@ -148,11 +148,9 @@ pub fn histogram(s: &ProcStats) -> Vec<[u64; 2]> {
 }
 
 fn avg_size(s: &ProcStats) -> String {
-    if s.allocs == 0 {
-        "-".into()
-    } else {
-        format!("{}", s.bytes / s.allocs)
-    }
+    s.bytes
+        .checked_div(s.allocs)
+        .map_or_else(|| "-".into(), |avg| avg.to_string())
 }
 
 fn short_version(v: &str) -> &str {

@@ -62,10 +62,10 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
                 let comm = procfs::comm(pid)?;
                 let key = procfs::exe_key(pid)?;
                 let what = format!("pid {pid} ({comm})");
-                if !binaries.contains_key(&key) {
+                if let std::collections::btree_map::Entry::Vacant(slot) = binaries.entry(key) {
                     let path = procfs::exe_path(pid);
                     let plan = plan_binary(&path, &what, opts.plan)?;
-                    binaries.insert(key, (path, plan));
+                    slot.insert((path, plan));
                 }
                 let go_version = binaries[&key].1.go_version.clone();
                 watched.insert(

@@ -267,6 +267,8 @@ async fn pod_index_follows_list_watch_and_relist() {
             "{list}"
         );
         assert!(!list.contains("watch=true"), "{list}");
+        // Served from the API server's cache, not etcd.
+        assert!(list.contains("resourceVersion=0"), "{list}");
         assert_eq!(pods.len(), 3);
 
         assert_eq!(
@@ -285,7 +287,11 @@ async fn pod_index_follows_list_watch_and_relist() {
         // A static pod: its cgroup carries the config hash, not the mirror's UID.
         assert_eq!(
             pods.lookup(APISERVER_STATIC_UID, Some(APISERVER)),
-            found("kube-system", "kube-apiserver-node-a", Some("kube-apiserver"))
+            found(
+                "kube-system",
+                "kube-apiserver-node-a",
+                Some("kube-apiserver")
+            )
         );
         assert_eq!(
             pods.lookup(EXPORTER_UID, Some(EXPORTER)),
@@ -295,7 +301,13 @@ async fn pod_index_follows_list_watch_and_relist() {
 
         // ADDED: a job pod whose container is still being created.
         server.release_next_event();
-        eventually(&pods, PI_UID, Some(PI), found("batch", "pi-28419400-tq7vd", None)).await;
+        eventually(
+            &pods,
+            PI_UID,
+            Some(PI),
+            found("batch", "pi-28419400-tq7vd", None),
+        )
+        .await;
         // The watch was started from the list's resourceVersion, same selector.
         let requests = server.requests();
         let watch = requests.get(1).expect("a watch request");
@@ -331,7 +343,11 @@ async fn pod_index_follows_list_watch_and_relist() {
         assert_eq!(pods.lookup(PI_UID, Some(PI)), pi);
         assert_eq!(
             pods.lookup(APISERVER_STATIC_UID, Some(APISERVER)),
-            found("kube-system", "kube-apiserver-node-a", Some("kube-apiserver"))
+            found(
+                "kube-system",
+                "kube-apiserver-node-a",
+                Some("kube-apiserver")
+            )
         );
         assert_eq!(pods.len(), 3);
         let requests = server.requests();

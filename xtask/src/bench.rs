@@ -3,6 +3,11 @@
 //! For each variant: run tests/go/bench without a probe, then again while
 //! `goalloc watch --binary` is attached, and compare. Numbers are printed, never
 //! asserted.
+//!
+//! `watch --binary` discovers processes on its ticks and reports a total per
+//! process once it has exited; a process that lives less than a tick is never
+//! reported. So each probed run uses the bench's `-hold`: it stays alive after
+//! printing until goalloc has shown a row for its pid, then stdin is closed.
 
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader};
@@ -13,37 +18,50 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use serde_json::Value;
 
 use crate::fixtures;
 use crate::setup;
-use crate::util::{Ctx, output, signal, survive_sigint};
+use crate::util::{Ctx, show, signal, survive_sigint};
 
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a held bench process waits for goalloc to report it (ticks are 1 s).
+const SEEN_TIMEOUT: Duration = Duration::from_secs(5);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub struct Options {
     /// Allocations per run with the default probe placement.
     pub n: u64,
-    /// Allocations per run with `--placement entry` (single-stepped: ~50x slower).
+    /// Allocations per run with `--placement entry` (single-stepped: much slower).
     pub entry_n: u64,
     /// Runs per measurement; the median ns/alloc is shown.
     pub repeat: usize,
 }
 
+struct Case<'a> {
+    label: &'a str,
+    kind: &'static str,
+    placement: &'static str,
+    n: u64,
+}
+
 struct Row {
-    variant: String,
+    label: String,
     kind: &'static str,
     placement: &'static str,
     n: u64,
     base_ns: f64,
     probe_ns: f64,
+    /// Sum of goalloc's per-process totals over the probed runs.
     goalloc_allocs: Option<u64>,
+    /// Sum of the probed runs' MemStats.Mallocs (whole process).
     program_mallocs: u64,
     note: String,
 }
 
 /// What one bench run printed.
 struct Run {
+    pid: u32,
     ns_per_alloc: f64,
     mallocs_total: u64,
 }
@@ -76,7 +94,7 @@ pub fn bench(ctx: &Ctx, opts: &Options) -> Result<()> {
             let row = measure(&goalloc, bin, &case, opts.repeat).unwrap_or_else(|e| {
                 eprintln!("bench: {label} {kind} {placement}: {e:#}");
                 Row {
-                    variant: label.clone(),
+                    label: label.clone(),
                     kind,
                     placement,
                     n,
@@ -94,22 +112,9 @@ pub fn bench(ctx: &Ctx, opts: &Options) -> Result<()> {
     Ok(())
 }
 
-struct Case<'a> {
-    label: &'a str,
-    kind: &'static str,
-    placement: &'static str,
-    n: u64,
-}
-
 fn measure(goalloc: &Path, bin: &Path, case: &Case, repeat: usize) -> Result<Row> {
-    let &Case {
-        label,
-        kind,
-        placement,
-        n,
-    } = case;
     let base: Vec<Run> = (0..repeat)
-        .map(|_| run_bench(bin, kind, n))
+        .map(|_| run_bench(bin, case, None))
         .collect::<Result<_>>()?;
 
     let mut cmd = Command::new(goalloc);
@@ -117,44 +122,92 @@ fn measure(goalloc: &Path, bin: &Path, case: &Case, repeat: usize) -> Result<Row
         .arg("--binary")
         .arg(bin)
         .args(["--output", "json", "--interval", "1s"]);
-    if placement != "default" {
-        cmd.args(["--placement", placement]);
+    if case.placement != "default" {
+        cmd.args(["--placement", case.placement]);
     }
     let mut watcher = Watcher::start(cmd)?;
-    let probed = watcher
-        .wait_attached()
-        .and_then(|()| (0..repeat).map(|_| run_bench(bin, kind, n)).collect());
-    let (stdout, stderr) = watcher.stop()?;
-    let probed: Vec<Run> = probed.with_context(|| tail("goalloc stderr", &stderr))?;
-
-    let goalloc_allocs = stdout.iter().rev().find_map(|line| {
-        let v: serde_json::Value = serde_json::from_str(line).ok()?;
-        (v.get("total")? == &serde_json::Value::Bool(true)).then(|| v.get("allocs")?.as_u64())?
+    let probed: Result<Vec<Run>> = watcher.wait_attached().and_then(|()| {
+        (0..repeat)
+            .map(|_| run_bench(bin, case, Some(&mut watcher)))
+            .collect()
     });
-    let note = if goalloc_allocs.is_none() {
-        "no final JSON line with \"total\": true".to_string()
-    } else {
+    let (stdout, stderr) = watcher.stop()?;
+    let probed = probed.with_context(|| tail("goalloc stderr", &stderr))?;
+
+    // The last "total": true line of each pid.
+    let mut totals: HashMap<u64, u64> = HashMap::new();
+    for v in stdout
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if v["total"] == Value::Bool(true)
+            && let (Some(pid), Some(allocs)) = (v["pid"].as_u64(), v["allocs"].as_u64())
+        {
+            totals.insert(pid, allocs);
+        }
+    }
+    let seen: Vec<u64> = probed
+        .iter()
+        .filter_map(|r| totals.get(&u64::from(r.pid)).copied())
+        .collect();
+    let note = if seen.len() == probed.len() {
         String::new()
+    } else {
+        format!(
+            "goalloc printed a total for {} of {} runs",
+            seen.len(),
+            probed.len()
+        )
     };
     Ok(Row {
-        variant: label.to_string(),
-        kind,
-        placement,
-        n,
+        label: case.label.to_string(),
+        kind: case.kind,
+        placement: case.placement,
+        n: case.n,
         base_ns: median(base.iter().map(|r| r.ns_per_alloc)),
         probe_ns: median(probed.iter().map(|r| r.ns_per_alloc)),
-        goalloc_allocs,
+        goalloc_allocs: (!seen.is_empty()).then(|| seen.iter().sum()),
         program_mallocs: probed.iter().map(|r| r.mallocs_total).sum(),
         note,
     })
 }
 
-fn run_bench(bin: &Path, kind: &str, n: u64) -> Result<Run> {
-    let out = output(
-        Command::new(bin)
-            .arg(format!("-n={n}"))
-            .arg(format!("-kind={kind}")),
-    )?;
+/// Runs the bench once. With a watcher, the process is held alive after its
+/// output until goalloc has reported its pid.
+fn run_bench(bin: &Path, case: &Case, watcher: Option<&mut Watcher>) -> Result<Run> {
+    let mut cmd = Command::new(bin);
+    cmd.arg(format!("-n={}", case.n))
+        .arg(format!("-kind={}", case.kind))
+        .stdout(Stdio::piped());
+    if watcher.is_some() {
+        cmd.arg("-hold").stdin(Stdio::piped());
+    } else {
+        cmd.stdin(Stdio::null());
+    }
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting `{}`", show(&cmd)))?;
+    let pid = child.id();
+    let mut out = String::new();
+    for line in BufReader::new(child.stdout.take().expect("piped")).lines() {
+        let line = line?;
+        out.push_str(&line);
+        out.push('\n');
+        if line.starts_with("mallocs_total=") {
+            break;
+        }
+    }
+    let seen = match watcher {
+        Some(w) => w.wait_seen(pid),
+        None => Ok(()),
+    };
+    drop(child.stdin.take()); // EOF: a held process exits now
+    let status = child.wait()?;
+    seen?;
+    if !status.success() {
+        bail!("`{}` failed ({status}): {out}", show(&cmd));
+    }
+
     let fields: HashMap<&str, &str> = out
         .split_whitespace()
         .filter_map(|tok| tok.split_once('='))
@@ -166,17 +219,23 @@ fn run_bench(bin: &Path, kind: &str, n: u64) -> Result<Run> {
             .with_context(|| format!("bench output has no {key}=: {out:?}"))
     };
     Ok(Run {
+        pid,
         ns_per_alloc: field("ns_per_alloc")?.parse()?,
         mallocs_total: field("mallocs_total")?.parse()?,
     })
 }
 
-/// A running `goalloc watch`, its output collected by two threads.
+enum Event {
+    Stdout(String),
+    Stderr(String),
+}
+
+/// A running `goalloc watch`; two threads forward its output lines.
 struct Watcher {
     child: Child,
-    attached: mpsc::Receiver<()>,
-    stdout: thread::JoinHandle<Vec<String>>,
-    stderr: thread::JoinHandle<Vec<String>>,
+    events: mpsc::Receiver<Event>,
+    stdout: Vec<String>,
+    stderr: Vec<String>,
 }
 
 impl Watcher {
@@ -186,42 +245,71 @@ impl Watcher {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
-            .with_context(|| format!("starting `{}`", crate::util::show(&cmd)))?;
+            .with_context(|| format!("starting `{}`", show(&cmd)))?;
+        let (tx, events) = mpsc::channel();
         let out = BufReader::new(child.stdout.take().expect("piped"));
-        let err = BufReader::new(child.stderr.take().expect("piped"));
-        let (tx, attached) = mpsc::channel();
-        let stdout = thread::spawn(move || out.lines().map_while(Result::ok).collect());
-        let stderr = thread::spawn(move || {
-            let mut lines = Vec::new();
-            for line in err.lines().map_while(Result::ok) {
-                if line.contains("attached") {
-                    let _ = tx.send(());
-                }
-                lines.push(line);
+        let tx_out = tx.clone();
+        thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let _ = tx_out.send(Event::Stdout(line));
             }
-            lines
+        });
+        let err = BufReader::new(child.stderr.take().expect("piped"));
+        thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let _ = tx.send(Event::Stderr(line));
+            }
         });
         Ok(Watcher {
             child,
-            attached,
-            stdout,
-            stderr,
+            events,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
         })
     }
 
+    /// Waits for the next output line until `deadline`; false when there is none.
+    fn next_line(&mut self, deadline: Instant) -> Result<bool> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        match self.events.recv_timeout(timeout) {
+            Ok(Event::Stdout(line)) => self.stdout.push(line),
+            Ok(Event::Stderr(line)) => self.stderr.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => return Ok(false),
+            Err(mpsc::RecvTimeoutError::Disconnected) => bail!("goalloc exited"),
+        }
+        Ok(true)
+    }
+
     fn wait_attached(&mut self) -> Result<()> {
-        match self.attached.recv_timeout(ATTACH_TIMEOUT) {
-            Ok(()) => Ok(()),
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                bail!("goalloc did not print \"attached\" within {ATTACH_TIMEOUT:?}")
+        let deadline = Instant::now() + ATTACH_TIMEOUT;
+        while !self.stderr.iter().any(|l| l.contains("attached")) {
+            if !self.next_line(deadline)? {
+                bail!("goalloc did not print \"attached\" within {ATTACH_TIMEOUT:?}");
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                bail!("goalloc exited before printing \"attached\"")
+        }
+        Ok(())
+    }
+
+    /// Waits until goalloc has printed a JSON row for `pid`.
+    fn wait_seen(&mut self, pid: u32) -> Result<()> {
+        let deadline = Instant::now() + SEEN_TIMEOUT;
+        let mut checked = 0;
+        loop {
+            for line in &self.stdout[checked..] {
+                if serde_json::from_str::<Value>(line)
+                    .is_ok_and(|v| v["pid"].as_u64() == Some(u64::from(pid)))
+                {
+                    return Ok(());
+                }
+            }
+            checked = self.stdout.len();
+            if !self.next_line(deadline)? {
+                bail!("goalloc printed no row for pid {pid} within {SEEN_TIMEOUT:?}");
             }
         }
     }
 
-    /// SIGINT, then SIGKILL after a timeout; returns stdout and stderr lines.
+    /// SIGINT (SIGKILL after a timeout); returns all stdout and stderr lines.
     fn stop(mut self) -> Result<(Vec<String>, Vec<String>)> {
         if self.child.try_wait()?.is_none() {
             let _ = signal(self.child.id(), libc::SIGINT);
@@ -236,9 +324,14 @@ impl Watcher {
             }
         }
         self.child.wait()?;
-        let stdout = self.stdout.join().unwrap_or_default();
-        let stderr = self.stderr.join().unwrap_or_default();
-        Ok((stdout, stderr))
+        // Drain what the threads still forward (they end at EOF).
+        for event in self.events.iter() {
+            match event {
+                Event::Stdout(line) => self.stdout.push(line),
+                Event::Stderr(line) => self.stderr.push(line),
+            }
+        }
+        Ok((self.stdout, self.stderr))
     }
 }
 
@@ -262,17 +355,19 @@ fn first_line(s: &str) -> &str {
 
 fn print_table(rows: &[Row], repeat: usize) {
     println!();
+    println!("ns/alloc: median of {repeat} runs without a probe, and with goalloc attached.");
     println!(
-        "median of {repeat} runs; counts: goalloc total vs the bench processes' MemStats.Mallocs (whole process, summed over runs)"
+        "goalloc: sum of its per-process totals over the {repeat} probed runs; program: sum of their \
+         MemStats.Mallocs (whole process; goalloc also sees the few allocations of the final printing)."
     );
     println!(
-        "{:<38} {:<5} {:<9} {:>9} {:>12} {:>12} {:>7} {:>12} {:>12} {:>8}  note",
+        "{:<34} {:<5} {:<9} {:>9} {:>9} {:>11} {:>7} {:>10} {:>10} {:>6}  note",
         "variant",
         "kind",
         "placement",
         "n",
         "ns/alloc",
-        "ns/alloc+ga",
+        "ns+goalloc",
         "ratio",
         "goalloc",
         "program",
@@ -282,13 +377,13 @@ fn print_table(rows: &[Row], repeat: usize) {
         let (seen, diff) = match r.goalloc_allocs {
             Some(a) => (
                 a.to_string(),
-                (a as i128 - r.program_mallocs as i128).to_string(),
+                (i128::from(a) - i128::from(r.program_mallocs)).to_string(),
             ),
             None => ("-".to_string(), "-".to_string()),
         };
         println!(
-            "{:<38} {:<5} {:<9} {:>9} {:>12.2} {:>12.2} {:>7.2} {:>12} {:>12} {:>8}  {}",
-            r.variant,
+            "{:<34} {:<5} {:<9} {:>9} {:>9.2} {:>11.2} {:>7.2} {:>10} {:>10} {:>6}  {}",
+            r.label,
             r.kind,
             r.placement,
             r.n,

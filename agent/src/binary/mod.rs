@@ -211,7 +211,7 @@ impl GoBinary {
         let arch = match elf.machine {
             EM_X86_64 => Arch::X86_64,
             EM_AARCH64 => Arch::Aarch64,
-            m => return Err(BinaryError::UnsupportedArch(format!("ELF machine {m}"))),
+            m => return Err(BinaryError::UnsupportedArch(machine_name(m))),
         };
         let build_info = read_build_info(&elf, &data)?;
 
@@ -322,6 +322,21 @@ impl GoBinary {
     pub fn pclntab_info(&self) -> Result<PclntabInfo, BinaryError> {
         load_pclntab(&self.elf, &self.data).map(|(i, _)| i)
     }
+}
+
+fn machine_name(m: u16) -> String {
+    let name = match m {
+        3 => "i386",
+        8 => "MIPS",
+        20 => "PowerPC",
+        21 => "PowerPC64",
+        22 => "s390x",
+        40 => "32-bit ARM",
+        243 => "RISC-V",
+        258 => "LoongArch",
+        _ => return format!("ELF machine {m}"),
+    };
+    format!("{name} (ELF machine {m})")
 }
 
 /// Go functions from `.symtab` (`STT_FUNC`, size > 0). The Go linker

@@ -712,6 +712,54 @@ fn works_without_section_headers() {
     });
 }
 
+/// Some linkers (GNU ld on arm64 by default) leave zeros at the targets of
+/// `R_*_RELATIVE` relocations; the values are only in the relocation
+/// addends. Simulate that on the external-link PIE builds.
+#[test]
+fn pie_relative_relocations_are_applied() {
+    let fx = fixture();
+    let mut checked = 0;
+    for tc in &fx.toolchains {
+        for v in [Variant::CgoPie, Variant::CgoPieStripped] {
+            let b = tc.build(v).unwrap();
+            let relocs = b.bin.elf.relative_relocations(b.bin.data());
+            assert!(
+                relocs.len() > 100,
+                "{} {v:?}: {} relocations",
+                tc.name(),
+                relocs.len()
+            );
+            let mut data = b.bin.data().to_vec();
+            for &addr in relocs.keys() {
+                let off = b
+                    .bin
+                    .elf
+                    .load_segment_for(addr)
+                    .and_then(|s| s.file_offset(addr));
+                if let Some(off) = off.and_then(|o| usize::try_from(o).ok())
+                    && let Some(w) = data.get_mut(off..off + 8)
+                {
+                    w.fill(0);
+                }
+            }
+            for data in [data.clone(), without_section_headers(&data)] {
+                let bin =
+                    GoBinary::parse(data).unwrap_or_else(|e| panic!("{} {v:?}: {e}", tc.name()));
+                let info = bin.pclntab_info().unwrap();
+                assert!(info.moduledata.is_some(), "{} {v:?}: {info:?}", tc.name());
+                assert_eq!(
+                    bin.pclntab_functions().unwrap(),
+                    b.bin.pclntab_functions().unwrap(),
+                    "{} {v:?}",
+                    tc.name()
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 0);
+}
+
 #[test]
 fn open_proc_pid_exe() {
     let fx = fixture();
@@ -821,7 +869,15 @@ fn rejects_truncated_and_corrupt_go_binaries() {
         .unwrap()
         .file_offset(info.vaddr)
         .unwrap() as usize;
-    let regions = [(0usize, 0x1000usize), (pcln_off, 0x4000)];
+    let data = b.bin.data();
+    let shoff = u64::from_le_bytes(data[40..48].try_into().unwrap()) as usize;
+    let buildinfo = b.bin.elf.section(".go.buildinfo").unwrap().offset as usize;
+    let regions = [
+        (0usize, 0x1000usize),
+        (pcln_off, 0x4000),
+        (shoff, data.len() - shoff),
+        (buildinfo, 0x200),
+    ];
     let mut state = 0x1234_5678_9abc_def1u64;
     let mut next = move || {
         state ^= state << 13;
@@ -829,10 +885,10 @@ fn rejects_truncated_and_corrupt_go_binaries() {
         state ^= state << 17;
         state
     };
-    for _ in 0..150 {
+    for _ in 0..300 {
         let mut d = b.bin.data().to_vec();
         for _ in 0..4 {
-            let (start, len) = regions[(next() % 2) as usize];
+            let (start, len) = regions[(next() % regions.len() as u64) as usize];
             let i = start + (next() as usize % len);
             if let Some(byte) = d.get_mut(i) {
                 *byte = next() as u8;

@@ -304,7 +304,10 @@ mod tests {
     fn fixture(name: &str) -> String {
         let path = format!(
             "{}/{name}",
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/identity/cgroup")
+            concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/identity/cgroup"
+            )
         );
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("fixture {path}: {e}"))
     }
@@ -350,8 +353,14 @@ mod tests {
             ),
             ("v2_cgroupns_root.txt", id(None, None, None)),
             ("v2_docker_systemd.txt", id(Some(C7), None, Some(Docker))),
-            ("v2_containerd_ctr.txt", id(Some(C8), None, Some(Containerd))),
-            ("v2_nerdctl_systemd.txt", id(Some(C4), None, Some(Containerd))),
+            (
+                "v2_containerd_ctr.txt",
+                id(Some(C8), None, Some(Containerd)),
+            ),
+            (
+                "v2_nerdctl_systemd.txt",
+                id(Some(C4), None, Some(Containerd)),
+            ),
             ("v2_host_user_slice.txt", id(None, None, None)),
             ("v2_host_system_service.txt", id(None, None, None)),
             // cgroupfs driver: the path does not name the runtime.
@@ -378,7 +387,10 @@ mod tests {
     #[test]
     fn every_fixture_is_covered() {
         // A fixture added without an expectation would silently test nothing.
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/identity/cgroup");
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/identity/cgroup"
+        );
         let source = include_str!("cgroup.rs");
         for entry in fs::read_dir(dir).expect("fixture dir") {
             let name = entry.expect("dir entry").file_name();
@@ -453,7 +465,9 @@ mod tests {
         }
         // A small deterministic xorshift fuzz over an alphabet that hits the
         // interesting separators and multi-byte characters.
-        let alphabet: Vec<char> = "0123456789abcdef-_/:.\npodkubeslicescopecrio é😀".chars().collect();
+        let alphabet: Vec<char> = "0123456789abcdef-_/:.\npodkubeslicescopecrio é😀"
+            .chars()
+            .collect();
         let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
         for _ in 0..2000 {
             let mut text = String::new();

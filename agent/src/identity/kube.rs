@@ -81,7 +81,9 @@ pub struct PodIndex {
 
 impl fmt::Debug for PodIndex {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PodIndex").field("pods", &self.len()).finish()
+        f.debug_struct("PodIndex")
+            .field("pods", &self.len())
+            .finish()
     }
 }
 
@@ -139,12 +141,16 @@ pub async fn start(node_name: String, client: Client) -> Result<PodIndex, KubeEr
         return Err(KubeError::EmptyNodeName);
     }
     let api: Api<Pod> = Api::all(client);
-    let config = watcher::Config::default()
+    let mut config = watcher::Config::default()
         .fields(&format!("spec.nodeName={node_name}"))
-        // resourceVersion=0: served from the API server's watch cache rather
-        // than etcd. With one agent per node, a fleet-wide restart would
-        // otherwise hit etcd with one quorum read per node.
+        // resourceVersion=0: served from the API server's watch cache (which
+        // indexes pods by spec.nodeName, as the kubelet lists them the same
+        // way) rather than by a quorum read from etcd, once per node on a
+        // fleet-wide rollout of this DaemonSet.
         .any_semantic();
+    // kube-rs leaves resourceVersion=0 out of paginated lists; one node's
+    // pods (a few hundred at most) need no pagination anyway.
+    config.page_size = None;
     let index = Arc::new(RwLock::new(Index::default()));
     let (ready_tx, ready_rx) = oneshot::channel();
     let task = tokio::spawn(run(
@@ -434,7 +440,11 @@ mod tests {
         }
     }
 
-    fn some(ns: &str, pod: &str, container: Option<&str>) -> Option<(String, String, Option<String>)> {
+    fn some(
+        ns: &str,
+        pod: &str,
+        container: Option<&str>,
+    ) -> Option<(String, String, Option<String>)> {
         Some((ns.into(), pod.into(), container.map(str::to_owned)))
     }
 
@@ -443,10 +453,22 @@ mod tests {
         let mut index = Index::default();
         index.apply(&web());
         let pods = handle(index);
-        assert_eq!(pods.lookup(UID, Some(A)), some("shop", "web-0", Some("app")));
-        assert_eq!(pods.lookup(UID, Some(A_OLD)), some("shop", "web-0", Some("app")));
-        assert_eq!(pods.lookup(UID, Some(INIT)), some("shop", "web-0", Some("migrate")));
-        assert_eq!(pods.lookup(UID, Some(DEBUG)), some("shop", "web-0", Some("debugger")));
+        assert_eq!(
+            pods.lookup(UID, Some(A)),
+            some("shop", "web-0", Some("app"))
+        );
+        assert_eq!(
+            pods.lookup(UID, Some(A_OLD)),
+            some("shop", "web-0", Some("app"))
+        );
+        assert_eq!(
+            pods.lookup(UID, Some(INIT)),
+            some("shop", "web-0", Some("migrate"))
+        );
+        assert_eq!(
+            pods.lookup(UID, Some(DEBUG)),
+            some("shop", "web-0", Some("debugger"))
+        );
         // A sandbox or not-yet-reported container: the pod, no container.
         assert_eq!(pods.lookup(UID, Some(API)), some("shop", "web-0", None));
         assert_eq!(pods.lookup(UID, None), some("shop", "web-0", None));
@@ -502,7 +524,11 @@ mod tests {
         let mut index = Index::default();
         index.apply(&mirror);
         let pods = handle(index);
-        let want = some("kube-system", "kube-apiserver-node-a", Some("kube-apiserver"));
+        let want = some(
+            "kube-system",
+            "kube-apiserver-node-a",
+            Some("kube-apiserver"),
+        );
         assert_eq!(pods.lookup(STATIC_UID, Some(API)), want);
         assert_eq!(pods.lookup(MIRROR_UID, Some(API)), want);
         write(&pods.index).delete(&mirror);

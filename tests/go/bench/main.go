@@ -11,7 +11,9 @@
 //
 // -kind=make (default) allocates make([]byte, 64); -kind=new allocates a small
 // pointerful struct with new (Go 1.27 calls its size-specialized allocators
-// directly for that). Stdlib only; builds with Go 1.19 and later.
+// directly for that). -hold keeps the process alive after printing until stdin
+// is closed, so a watcher that discovers processes periodically sees it.
+// Stdlib only; builds with Go 1.19 and later.
 package main
 
 import (
@@ -31,6 +33,7 @@ var (
 	sinkBytes []byte
 	sinkNode  *node
 	keep      *node
+	holdBuf   [64]byte
 )
 
 func loopMake(n int) {
@@ -53,6 +56,7 @@ func loopNew(n int) {
 func main() {
 	n := flag.Int("n", 2000000, "number of allocations")
 	kind := flag.String("kind", "make", "make: make([]byte, 64); new: new(struct{ next *node; v [3]int64 })")
+	hold := flag.Bool("hold", false, "after printing, wait until stdin is closed")
 	flag.Parse()
 	var loop func(int)
 	switch *kind {
@@ -81,4 +85,11 @@ func main() {
 	fmt.Printf("ns_per_alloc=%.2f allocs=%d\n", float64(elapsed.Nanoseconds())/float64(*n), *n)
 	fmt.Printf("mallocs=%d\n", after.Mallocs-before.Mallocs)
 	fmt.Printf("mallocs_total=%d\n", after.Mallocs)
+	if *hold {
+		for {
+			if _, err := os.Stdin.Read(holdBuf[:]); err != nil {
+				break
+			}
+		}
+	}
 }
