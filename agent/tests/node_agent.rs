@@ -201,14 +201,18 @@ fn uprobe_link(id: u32) -> std::io::Result<Option<(String, u64)>> {
     Ok(Some((String::from_utf8_lossy(&name[..len]).into_owned(), info[4] >> 32)))
 }
 
-/// Link ids and file offsets of the uprobes that process `pid` holds on `path`.
-fn uprobes_on(pid: u32, path: &Path) -> (Vec<u32>, BTreeSet<u64>) {
+/// Link ids and file offsets of the uprobes that process `pid` holds on the
+/// binary at `path`. The kernel names a uprobe by the path it was attached
+/// through, which for the agent is `/proc/<a process running it>/exe`.
+fn uprobes_on(pid: u32, path: &Path, runners: &BTreeSet<u32>) -> (Vec<u32>, BTreeSet<u64>) {
     let mut ids = Vec::new();
     let mut offsets = BTreeSet::new();
     for id in fdinfo_values(pid, "link_id:") {
-        if let Ok(Some((file, offset))) = uprobe_link(id)
-            && Path::new(&file) == path
-        {
+        let Ok(Some((file, offset))) = uprobe_link(id) else {
+            continue;
+        };
+        let runner = file.strip_prefix("/proc/").and_then(|f| f.strip_suffix("/exe")?.parse().ok());
+        if Path::new(&file) == path || runner.is_some_and(|p| runners.contains(&p)) {
             ids.push(id);
             offsets.insert(offset);
         }
@@ -443,7 +447,7 @@ fn churn_returns_to_baseline() {
         slowest = slowest.max(t0.elapsed());
         let series = samples(&all, "goalloc_allocations_total", &[("exe", exe)]).len();
         let leftover: Vec<u32> = kernel_entries(stats_map).intersection(&pids).copied().collect();
-        let (ids, _) = uprobes_on(apid, &bench);
+        let (ids, _) = uprobes_on(apid, &bench, &pids);
         let (uprobes, links, other) = fds(apid);
         let probes_now = probes(&all);
         let state = format!(
@@ -572,9 +576,9 @@ fn prometheus_scrapes_agent() {
     let first = history.iter().find(|(t, _)| *t >= five_ago).or(history.first()).unwrap();
     let agent_rate = (agent_value - first.1) as f64 / first.0.elapsed().as_secs_f64();
     println!(
-        "Prometheus: target up after {:?}, rate(..[5s]) = {:.0}/s after {:?}; latest sample {prom_value} \
+        "Prometheus: target seen up after {:?}, rate(..[5s]) = {:.0}/s after {:?}; latest sample {prom_value} \
          ({:.2} s old), agent now {agent_value} (own rate {agent_rate:.0}/s, 5 s ago {floor:?})",
-        up_after.unwrap(),
+        up_after,
         rate.unwrap(),
         start.elapsed(),
         now - sample_ts
@@ -670,10 +674,12 @@ fn restart_leaves_no_duplicate_attachments() {
                     // Phase 0 counted by A; restart while the process is stopped.
                     let mut agent_a = a.take().unwrap();
                     snaps.push(counts(&agent_a.scrape(), pid).unwrap());
-                    let (ids, offsets) = uprobes_on(agent_a.pid(), &fixture);
+                    let (ids, offsets) = uprobes_on(agent_a.pid(), &fixture, &BTreeSet::from([pid]));
                     assert_eq!(offsets, planned, "agent A's uprobes on the fixture");
                     assert_eq!(ids.len(), planned.len(), "agent A attached some probe twice");
+                    let stopping = Instant::now();
                     let status = agent_a.stop();
+                    let a_stop = stopping.elapsed();
                     assert!(status.success(), "agent A: {status}\n{}", agent_a.stderr());
                     let alive: Vec<_> = ids.iter().filter(|id| uprobe_link(**id).is_ok()).collect();
                     assert!(alive.is_empty(), "agent A's links {alive:?} survive it");
@@ -681,10 +687,10 @@ fn restart_leaves_no_duplicate_attachments() {
                     let mut agent = Agent::start();
                     agent.wait_ready();
                     let all = wait_tracked(&agent, pid, Duration::from_millis(10));
-                    let (ids, offsets) = uprobes_on(agent.pid(), &fixture);
+                    let (ids, offsets) = uprobes_on(agent.pid(), &fixture, &BTreeSet::from([pid]));
                     report = format!(
-                        "planned probes {}; agent A held {} (removed on exit); agent B holds {} on the \
-                         fixture, global goalloc_probes_attached {:?} in {:?} binaries",
+                        "planned probes {}; agent A held {} (removed on exit, which took {a_stop:?}); agent B \
+                         holds {} on the fixture, global goalloc_probes_attached {:?} in {:?} binaries",
                         planned.len(),
                         planned.len(),
                         ids.len(),
