@@ -65,15 +65,10 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut engine = Engine::load(EngineOptions::default())?;
     let ring = engine.start_process_events()?;
-    let pods = match identity::kube::start_in_cluster().await {
-        Ok(p) => p,
-        Err(e) => {
-            // Metrics without pod names beat no metrics.
-            log::warn!("Kubernetes pod metadata unavailable, pod labels stay empty: {e}");
-            None
-        }
-    };
-    let tracker = Arc::new(Mutex::new(Tracker::new(engine, opts.plan, opts.aggregate, pods)));
+    let tracker = Arc::new(Mutex::new(Tracker::new(engine, opts.plan, opts.aggregate, None)));
+    // Metrics without pod names beat no metrics: the API server is asked in
+    // the background, and again until it answers.
+    tokio::spawn(pod_metadata(tracker.clone()));
     let http = Http {
         metrics: Arc::new(Metrics::new(tracker.clone())),
         ready: Arc::new(AtomicBool::new(false)),
@@ -140,6 +135,24 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     }
     eprintln!("goalloc: stopping, detaching probes");
     Ok(())
+}
+
+async fn pod_metadata(tracker: Arc<Mutex<Tracker>>) {
+    loop {
+        match identity::kube::start_in_cluster().await {
+            Ok(Some(pods)) => {
+                log::info!("watching {} pods on this node for pod labels", pods.len());
+                tracker.lock().unwrap_or_else(|p| p.into_inner()).set_pods(pods);
+                return;
+            }
+            // Not in a cluster: pod labels stay empty, nothing to ask.
+            Ok(None) => return,
+            Err(e) => {
+                log::warn!("Kubernetes pod metadata unavailable (retrying in 30 s): {e}");
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            }
+        }
+    }
 }
 
 fn sweep(tracker: &Arc<Mutex<Tracker>>) -> Result<()> {

@@ -108,6 +108,11 @@ impl Tracker {
         }
     }
 
+    /// Pod metadata became available (the API server answered).
+    pub fn set_pods(&mut self, pods: PodIndex) {
+        self.pods = Some(pods);
+    }
+
     pub fn engine(&self) -> &Engine {
         &self.engine
     }
@@ -263,9 +268,14 @@ impl Tracker {
     }
 
     fn labels_of(&self, pid: u32, t: &Tracked) -> Labels {
-        let (namespace, pod, container) = match (&self.pods, &t.cgroup.pod_uid) {
-            (Some(index), Some(uid)) => index
-                .lookup(uid, t.cgroup.container_id.as_deref())
+        // A container id alone also finds its pod (cgroup layouts that name
+        // no pod).
+        let (namespace, pod, container) = match &self.pods {
+            Some(index) if t.cgroup.pod_uid.is_some() || t.cgroup.container_id.is_some() => index
+                .lookup(
+                    t.cgroup.pod_uid.as_deref().unwrap_or_default(),
+                    t.cgroup.container_id.as_deref(),
+                )
                 .map(|(ns, pod, c)| (ns, pod, c.unwrap_or_default()))
                 .unwrap_or_default(),
             _ => Default::default(),
