@@ -60,7 +60,7 @@ fn main() {
         .env("RUSTC_BOOTSTRAP", "1")
         .env("CARGO_TARGET_BPFEL_UNKNOWN_NONE_LINKER", "bpf-linker")
         .env("CARGO_ENCODED_RUSTFLAGS", "-Cdebuginfo=2\x1f-Clink-arg=--btf")
-        .env("GOALLOC_BPF_TARGET_ARCH", &arch);
+        .env("AYA_BPF_TARGET_ARCH", &arch);
     let status = cmd.status().unwrap_or_else(|e| panic!("cannot run {}: {e}", cargo.display()));
     if !status.success() {
         panic!("building the eBPF programs failed ({status}); see the output above");
