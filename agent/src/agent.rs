@@ -32,6 +32,8 @@ pub struct AgentOptions {
     pub aggregate: Aggregate,
     /// Period of the /proc safety-net sweep.
     pub sweep_interval: Duration,
+    /// How long a binary stays attached after its last process exits.
+    pub detach_grace: Duration,
     pub plan: PlanOptions,
 }
 
@@ -65,7 +67,7 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut engine = Engine::load(EngineOptions::default())?;
     let ring = engine.start_process_events()?;
-    let tracker = Arc::new(Mutex::new(Tracker::new(engine, opts.plan, opts.aggregate, None)));
+    let tracker = Arc::new(Mutex::new(Tracker::new(engine, opts.plan, opts.aggregate, opts.detach_grace, None)));
     // Metrics without pod names beat no metrics: the API server is asked in
     // the background, and again until it answers.
     tokio::spawn(pod_metadata(tracker.clone()));

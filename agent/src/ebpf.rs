@@ -9,7 +9,7 @@ use aya::{
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         ProgramError, RawTracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
     },
 };
 
@@ -63,6 +63,23 @@ fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EngineError {
 struct Attachment {
     links: Vec<(ProbeKind, UProbeLinkId)>,
     sites: Vec<u32>,
+}
+
+/// A binary's probes taken out of the engine, to be detached off the hot
+/// path: the kernel takes about 0.1 s to unregister each uprobe, one at a time.
+pub struct Detached {
+    pub key: BinaryKey,
+    links: Vec<UProbeLink>,
+    sites: Vec<u32>,
+}
+
+impl Detached {
+    /// Detaches (slow); returns the probe-site slots, free again only now
+    /// that no probe can read them.
+    pub fn finish(self) -> (BinaryKey, Vec<u32>) {
+        drop(self.links);
+        (self.key, self.sites)
+    }
 }
 
 /// What one `attach` did.
@@ -199,6 +216,29 @@ impl Engine {
             }
         }
         self.free_sites.extend(att.sites);
+    }
+
+    /// Takes the probes of `key` out of the engine without detaching them yet
+    /// (see [`Detached`]).
+    pub fn take_attachment(&mut self, key: &BinaryKey) -> Option<Detached> {
+        let att = self.attached.remove(key)?;
+        let mut links = Vec::with_capacity(att.links.len());
+        for (kind, id) in att.links {
+            match self.program(kind).take_link(id) {
+                Ok(link) => links.push(link),
+                Err(e) => log::warn!("taking a {} probe link: {e}", kind.program()),
+            }
+        }
+        Some(Detached {
+            key: *key,
+            links,
+            sites: att.sites,
+        })
+    }
+
+    /// Returns probe-site slots of a finished [`Detached`].
+    pub fn release_sites(&mut self, sites: Vec<u32>) {
+        self.free_sites.extend(sites);
     }
 
     /// Detaches every probe of the binary `key`.

@@ -54,6 +54,10 @@ enum Command {
         /// Period of the /proc sweep that backs up the kernel's exec/exit events.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         sweep_interval: Duration,
+        /// Keep a binary's probes this long after its last process exits, so
+        /// programs restarted in a loop are not re-attached each time.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        detach_grace: Duration,
     },
     /// Show what goalloc would probe in a Go executable, without attaching.
     Inspect {
@@ -110,6 +114,7 @@ fn run(cli: Cli) -> Result<()> {
             listen,
             aggregate,
             sweep_interval,
+            detach_grace,
         } => {
             if sweep_interval.is_zero() {
                 anyhow::bail!("--sweep-interval must be greater than zero");
@@ -118,6 +123,7 @@ fn run(cli: Cli) -> Result<()> {
                 listen,
                 aggregate,
                 sweep_interval,
+                detach_grace,
                 plan: PlanOptions::default(),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -7,7 +7,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},
-    sync::Arc,
+    sync::{
+        Arc,
+        mpsc::{self, Receiver, Sender},
+    },
     time::{Duration, Instant},
 };
 
@@ -15,7 +18,7 @@ use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, ProcStats, counter};
 
 use crate::{
     classify::{ClassCache, Class, FileStamp},
-    ebpf::{Engine, EngineError},
+    ebpf::{Detached, Engine, EngineError},
     identity::{cgroup::CgroupIdentity, kube::PodIndex},
     plan::{PlanOptions, ProbePlan},
     procfs::{self, BinaryKey, ProcessId},
@@ -75,14 +78,50 @@ pub struct SelfStats {
     pub max_exec_to_tracked: Option<Duration>,
 }
 
+/// Detaches binaries on a thread of its own: unregistering uprobes is slow
+/// (about 0.1 s each in the kernel) and must not stall events or scrapes.
+struct Detacher {
+    tx: Sender<Detached>,
+    done: Receiver<(BinaryKey, Vec<u32>)>,
+    in_flight: HashSet<BinaryKey>,
+}
+
+impl Detacher {
+    fn new() -> Detacher {
+        let (tx, rx) = mpsc::channel::<Detached>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("goalloc-detach".into())
+            .spawn(move || {
+                for d in rx {
+                    if done_tx.send(d.finish()).is_err() {
+                        return;
+                    }
+                }
+            })
+            .expect("spawning the detach thread");
+        Detacher {
+            tx,
+            done,
+            in_flight: HashSet::new(),
+        }
+    }
+}
+
 pub struct Tracker {
     engine: Engine,
     plan_opts: PlanOptions,
     aggregate: Aggregate,
+    /// How long a binary stays attached after its last process exited, so a
+    /// program restarted in a loop is not detached and re-attached each time.
+    detach_grace: Duration,
     pods: Option<PodIndex>,
     classes: ClassCache,
     /// Processes per attached binary.
     refs: HashMap<BinaryKey, usize>,
+    /// Attached binaries without processes, since when.
+    idle: HashMap<BinaryKey, Instant>,
+    detacher: Detacher,
     processes: HashMap<u32, Tracked>,
     /// Final counters of exited processes whose group still has live members,
     /// so aggregated counters do not drop when one member exits.
@@ -93,14 +132,23 @@ pub struct Tracker {
 }
 
 impl Tracker {
-    pub fn new(engine: Engine, plan_opts: PlanOptions, aggregate: Aggregate, pods: Option<PodIndex>) -> Tracker {
+    pub fn new(
+        engine: Engine,
+        plan_opts: PlanOptions,
+        aggregate: Aggregate,
+        detach_grace: Duration,
+        pods: Option<PodIndex>,
+    ) -> Tracker {
         Tracker {
             engine,
             plan_opts,
             aggregate,
+            detach_grace,
             pods,
             classes: ClassCache::default(),
             refs: HashMap::new(),
+            idle: HashMap::new(),
+            detacher: Detacher::new(),
             processes: HashMap::new(),
             retired: HashMap::new(),
             reported: HashSet::new(),
@@ -154,6 +202,7 @@ impl Tracker {
             }
             Class::Go(plan) => plan,
         };
+        self.collect_detached(Some(stamp.key));
         if !self.engine.is_attached(&stamp.key) {
             if let Err(e) = self.engine.attach(stamp.key, &exe, &plan) {
                 // A process that exited meanwhile is not an attach error.
@@ -171,6 +220,7 @@ impl Tracker {
             );
         }
         *self.refs.entry(stamp.key).or_default() += 1;
+        self.idle.remove(&stamp.key);
         let tracked = Tracked {
             id,
             stamp,
@@ -207,11 +257,49 @@ impl Tracker {
             *n -= 1;
             if *n == 0 {
                 self.refs.remove(&t.stamp.key);
-                self.engine.detach(&t.stamp.key);
-                log::info!("detached from {} (no process runs it)", t.exe);
+                if self.detach_grace.is_zero() {
+                    self.start_detach(t.stamp.key);
+                } else {
+                    self.idle.insert(t.stamp.key, Instant::now());
+                }
             }
         }
         Ok(())
+    }
+
+    /// Hands the probes of `key` to the detach thread.
+    fn start_detach(&mut self, key: BinaryKey) {
+        if let Some(d) = self.engine.take_attachment(&key) {
+            self.detacher.in_flight.insert(key);
+            if self.detacher.tx.send(d).is_err() {
+                log::warn!("the detach thread is gone; probes stay until exit");
+            }
+        }
+    }
+
+    /// Takes back what the detach thread finished. With `wait_for`, blocks
+    /// until that binary's old probes are gone: attaching it again before
+    /// would count its allocations twice.
+    fn collect_detached(&mut self, wait_for: Option<BinaryKey>) {
+        while let Ok((key, sites)) = self.detacher.done.try_recv() {
+            self.engine.release_sites(sites);
+            self.detacher.in_flight.remove(&key);
+        }
+        let Some(key) = wait_for else { return };
+        while self.detacher.in_flight.contains(&key) {
+            match self.detacher.done.recv() {
+                Ok((done, sites)) => {
+                    self.engine.release_sites(sites);
+                    self.detacher.in_flight.remove(&done);
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Binaries whose probes are being detached.
+    pub fn detaching(&self) -> usize {
+        self.detacher.in_flight.len()
     }
 
     /// Handles one exec/exit event from the kernel.
@@ -260,6 +348,17 @@ impl Tracker {
                 self.engine.forget_process(pid)?;
             }
         }
+        let expired: Vec<BinaryKey> = self
+            .idle
+            .iter()
+            .filter(|(_, since)| since.elapsed() >= self.detach_grace)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in expired {
+            self.idle.remove(&key);
+            self.start_detach(key);
+        }
+        self.collect_detached(None);
         self.classes.retain(|s| in_use.contains(s));
         self.reported.retain(|s| in_use.contains(s));
         self.stats.sweeps += 1;

@@ -181,7 +181,11 @@ pub const GOALLOC: &str = env!("CARGO_BIN_EXE_goalloc");
 
 /// A free TCP port on 127.0.0.1 (free when asked; bind it soon).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A plain HTTP/1.1 GET (`Connection: close`): status and body, or `None`
@@ -191,7 +195,11 @@ pub fn http_get(addr: &str, target: &str) -> Option<(u16, String)> {
     let sock: std::net::SocketAddr = addr.parse().ok()?;
     let mut s = std::net::TcpStream::connect_timeout(&sock, Duration::from_secs(2)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").ok()?;
+    write!(
+        s,
+        "GET {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).ok()?;
     let text = String::from_utf8_lossy(&raw);
@@ -227,7 +235,9 @@ pub struct Sample {
 
 impl Sample {
     pub fn value(&self) -> f64 {
-        self.raw.parse().unwrap_or_else(|_| panic!("bad value in {self:?}"))
+        self.raw
+            .parse()
+            .unwrap_or_else(|_| panic!("bad value in {self:?}"))
     }
     pub fn label(&self, k: &str) -> &str {
         self.labels.get(k).map_or("", String::as_str)
@@ -237,15 +247,23 @@ impl Sample {
 /// Parses `name{k="v",...} value` lines; comments are skipped.
 pub fn parse_exposition(text: &str) -> Vec<Sample> {
     let mut out = Vec::new();
-    for line in text.lines().filter(|l| !l.is_empty() && !l.starts_with('#')) {
-        let name_end = line.find(['{', ' ']).unwrap_or_else(|| panic!("bad sample line {line:?}"));
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let name_end = line
+            .find(['{', ' '])
+            .unwrap_or_else(|| panic!("bad sample line {line:?}"));
         let mut labels = std::collections::BTreeMap::new();
         let mut rest = &line[name_end..];
         if let Some(body) = rest.strip_prefix('{') {
             let mut chars = body.char_indices();
-            let (mut key, mut val, mut in_value, mut escaped) = (String::new(), String::new(), false, false);
+            let (mut key, mut val, mut in_value, mut escaped) =
+                (String::new(), String::new(), false, false);
             let end = loop {
-                let (i, c) = chars.next().unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
+                let (i, c) = chars
+                    .next()
+                    .unwrap_or_else(|| panic!("unterminated labels in {line:?}"));
                 match (in_value, escaped, c) {
                     (true, true, _) => {
                         val.push(if c == 'n' { '\n' } else { c });
@@ -265,7 +283,10 @@ pub fn parse_exposition(text: &str) -> Vec<Sample> {
             };
             rest = &body[end + 1..];
         }
-        let raw = rest.split_whitespace().next().unwrap_or_else(|| panic!("no value in {line:?}"));
+        let raw = rest
+            .split_whitespace()
+            .next()
+            .unwrap_or_else(|| panic!("no value in {line:?}"));
         out.push(Sample {
             name: line[..name_end].to_string(),
             labels,
@@ -285,12 +306,16 @@ pub fn samples<'a>(all: &'a [Sample], name: &str, with: &[(&str, &str)]) -> Vec<
 /// The value of the only sample named `name` with labels `with`, if any.
 pub fn sample_value(all: &[Sample], name: &str, with: &[(&str, &str)]) -> Option<f64> {
     let found = samples(all, name, with);
-    assert!(found.len() <= 1, "{} series {name}{with:?}: {found:?}", found.len());
+    assert!(
+        found.len() <= 1,
+        "{} series {name}{with:?}: {found:?}",
+        found.len()
+    );
     found.first().map(|s| s.value())
 }
 
 /// `goalloc agent` on a free port of 127.0.0.1, stopped (SIGTERM, then
-/// SIGKILL after 10 s) when dropped, also when a test panics.
+/// SIGKILL after 30 s) when dropped, also when a test panics.
 pub struct Agent {
     child: std::process::Child,
     pub addr: String,
@@ -299,12 +324,14 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent (`--sweep-interval 1s`) and waits until it listens.
+    /// Starts an agent (`--sweep-interval 1s --detach-grace 1s`, so tests see
+    /// binaries detached soon after their processes exit) and waits until it
+    /// listens.
     pub fn start() -> Agent {
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut child = Command::new(GOALLOC)
-                .args(["agent", "--listen", &addr, "--sweep-interval", "1s"])
+                .args(["agent", "--listen", &addr, "--sweep-interval", "1s", "--detach-grace", "1s"])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -339,7 +366,10 @@ impl Agent {
             let said = agent.stderr();
             drop(agent);
             // Another process took the port between the probe and the bind.
-            assert!(said.contains("cannot listen"), "goalloc agent did not start:\n{said}");
+            assert!(
+                said.contains("cannot listen"),
+                "goalloc agent did not start:\n{said}"
+            );
         }
         panic!("no free port for the agent after 5 attempts");
     }
@@ -380,7 +410,8 @@ impl Agent {
         parse_exposition(&self.metrics_text())
     }
 
-    /// SIGTERM, then wait (SIGKILL after 10 s); returns the exit status.
+    /// SIGTERM, then wait (SIGKILL after 30 s: removing a uprobe takes
+    /// ~0.1 s); returns the exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         if let Some(s) = self.status {
             return s;
@@ -391,8 +422,8 @@ impl Agent {
             if let Some(s) = self.child.try_wait().unwrap() {
                 break s;
             }
-            if start.elapsed() > Duration::from_secs(10) {
-                eprintln!("goalloc agent ignored SIGTERM for 10 s: killing it");
+            if start.elapsed() > Duration::from_secs(30) {
+                eprintln!("goalloc agent still running 30 s after SIGTERM: killing it");
                 let _ = self.child.kill();
                 break self.child.wait().unwrap();
             }
@@ -443,7 +474,9 @@ pub fn proc_status_kib(pid: u32, field: &str) -> u64 {
 /// utime + stime of a process, in seconds.
 pub fn cpu_seconds(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split_whitespace().collect();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..]
+        .split_whitespace()
+        .collect();
     // Fields 14 and 15 of stat(5), counted from 3 after the command name.
     let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
     ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
@@ -454,7 +487,10 @@ pub fn cpu_seconds(pid: u32) -> f64 {
 /// (`anon_inode:bpf_link`, `socket`, `/dev/null`...).
 pub fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, usize> {
     let mut kinds = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         let Ok(target) = std::fs::read_link(entry.path()) else {
             continue; // closed meanwhile
         };
@@ -467,4 +503,182 @@ pub fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, usize> {
         *kinds.entry(kind).or_default() += 1;
     }
     kinds
+}
+
+/// A child stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
+pub struct Terminate(pub std::process::Child);
+
+impl Drop for Terminate {
+    fn drop(&mut self) {
+        unsafe { libc::kill(self.0.id() as i32, libc::SIGTERM) };
+        for _ in 0..500 {
+            if self.0.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------
+// BPF objects a process holds, found through /proc/PID/fdinfo.
+
+/// The numbers after `key` (`map_id:`, `link_id:`...) in /proc/PID/fdinfo/*.
+pub fn fdinfo_values(pid: u32, key: &str) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .filter_map(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix(key)?.trim().parse().ok())
+        })
+        .collect()
+}
+
+/// The id of the BPF map `name` that process `pid` holds.
+pub fn map_id_of(pid: u32, name: &str) -> u32 {
+    fdinfo_values(pid, "map_id:")
+        .into_iter()
+        .find(|id| aya::maps::MapInfo::from_id(*id).is_ok_and(|m| m.name_as_str() == Some(name)))
+        .unwrap_or_else(|| panic!("process {pid} holds no BPF map {name}"))
+}
+
+/// The processes with an entry in a PROC_STATS map (by map id).
+pub fn proc_stats_keys(map_id: u32) -> std::collections::BTreeSet<u32> {
+    use aya::maps::{Map, MapData, PerCpuHashMap};
+    let map = Map::from_map_data(MapData::from_id(map_id).unwrap()).unwrap();
+    let stats: PerCpuHashMap<MapData, u32, agent_common::ProcStats> = map.try_into().unwrap();
+    stats.keys().filter_map(Result::ok).collect()
+}
+
+fn bpf(cmd: libc::c_long, attr: &mut [u64]) -> libc::c_long {
+    unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_mut_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    }
+}
+
+/// The path and file offset of a uprobe link (`None` for other links), or
+/// the error of opening it by id (ENOENT once it is gone). The path is the
+/// one the uprobe was attached through.
+pub fn uprobe_link(id: u32) -> std::io::Result<Option<(String, u64)>> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
+    const BPF_LINK_GET_FD_BY_ID: libc::c_long = 30;
+    let fd = bpf(BPF_LINK_GET_FD_BY_ID, &mut [u64::from(id), 0]);
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let fd = unsafe { OwnedFd::from_raw_fd(fd as i32) };
+    // struct bpf_link_info: type, id, prog_id, then (at byte 16) for perf
+    // links: perf type, pad, uprobe { file_name ptr, name_len, offset }.
+    let get_info = |info: &mut [u64; 16]| {
+        let len = std::mem::size_of_val(info) as u64;
+        let mut attr = [fd.as_raw_fd() as u64 | len << 32, info.as_mut_ptr() as u64];
+        if bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    let mut info = [0u64; 16];
+    get_info(&mut info)?;
+    // BPF_LINK_TYPE_PERF_EVENT, BPF_PERF_EVENT_UPROBE.
+    if info[0] as u32 != 7 || info[2] as u32 != 1 {
+        return Ok(None);
+    }
+    let mut name = [0u8; 4096];
+    info = [0; 16];
+    info[3] = name.as_mut_ptr() as u64;
+    info[4] = name.len() as u64;
+    get_info(&mut info)?;
+    let len = name.iter().position(|b| *b == 0).unwrap_or(0);
+    Ok(Some((
+        String::from_utf8_lossy(&name[..len]).into_owned(),
+        info[4] >> 32,
+    )))
+}
+
+/// The uprobe links process `pid` holds: (link id, path, file offset).
+pub fn uprobes_held(pid: u32) -> Vec<(u32, String, u64)> {
+    fdinfo_values(pid, "link_id:")
+        .into_iter()
+        .filter_map(|id| {
+            uprobe_link(id)
+                .ok()
+                .flatten()
+                .map(|(path, offset)| (id, path, offset))
+        })
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Odds and ends of the node agent tests.
+
+/// Directories removed in order when dropped (parents shared with others
+/// stay when not empty).
+pub struct RmdirOnDrop(pub Vec<PathBuf>);
+
+impl Drop for RmdirOnDrop {
+    fn drop(&mut self) {
+        for dir in &self.0 {
+            // EBUSY for a moment while an exited process's cgroup is released.
+            for _ in 0..100 {
+                if std::fs::remove_dir(dir).is_ok() || !dir.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}
+
+/// Where the cgroup v2 hierarchy is mounted: /sys/fs/cgroup (pure v2), or
+/// /sys/fs/cgroup/unified (hybrid).
+pub fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let is_v2 = |dir: &&str| {
+        mounts
+            .lines()
+            .any(|l| l.contains(&format!(" {dir} cgroup2 ")))
+    };
+    let dir = ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"]
+        .into_iter()
+        .find(is_v2);
+    PathBuf::from(dir.expect("no cgroup v2 hierarchy at /sys/fs/cgroup(/unified)"))
+}
+
+/// A random UUID from the kernel.
+pub fn random_uuid() -> String {
+    let uuid = std::fs::read_to_string("/proc/sys/kernel/random/uuid").unwrap();
+    uuid.trim().to_string()
+}
+
+/// The file offsets `goalloc inspect` plans to probe in `path`.
+pub fn planned_offsets(path: &std::path::Path) -> std::collections::BTreeSet<u64> {
+    let out = Command::new(GOALLOC)
+        .arg("inspect")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rows = text
+        .lines()
+        .skip_while(|l| !l.starts_with("FUNCTION"))
+        .skip(1);
+    let offset = |l: &str| Some(l.split_whitespace().nth(2)?.strip_prefix("0x")?.to_string());
+    rows.map(|l| u64::from_str_radix(&offset(l).expect("file offset"), 16).unwrap())
+        .collect()
 }
