@@ -220,7 +220,12 @@ mod tests {
                 assert!(v <= bucket_upper_bound(b));
             }
             if i < 63 {
-                assert_eq!(size_bucket(v + 1), (i as usize + 1).min(HIST_BUCKETS - 1), "{}", v + 1);
+                assert_eq!(
+                    size_bucket(v + 1),
+                    (i as usize + 1).min(HIST_BUCKETS - 1),
+                    "{}",
+                    v + 1
+                );
             }
         }
     }

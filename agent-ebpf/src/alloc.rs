@@ -8,7 +8,9 @@
 use agent_common::{
     ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, counter, size_bucket,
 };
-use aya_ebpf::{EbpfContext, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    EbpfContext, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
+};
 
 use crate::{
     maps::{SITES, bump, current_tgid, stats_of},

@@ -48,7 +48,11 @@ async fn metrics(State(http): State<Http>) -> impl IntoResponse {
     let m = http.metrics.clone();
     match tokio::task::spawn_blocking(move || m.render()).await {
         Ok(Ok(body)) => (StatusCode::OK, [("content-type", CONTENT_TYPE)], body).into_response(),
-        _ => (StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n").into_response(),
+        _ => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "encoding metrics failed\n",
+        )
+            .into_response(),
     }
 }
 
@@ -60,14 +64,23 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
     if http.ready.load(Ordering::Relaxed) {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "initial /proc sweep not finished\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "initial /proc sweep not finished\n",
+        )
     }
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut engine = Engine::load(EngineOptions::default())?;
     let ring = engine.start_process_events()?;
-    let tracker = Arc::new(Mutex::new(Tracker::new(engine, opts.plan, opts.aggregate, opts.detach_grace, None)));
+    let tracker = Arc::new(Mutex::new(Tracker::new(
+        engine,
+        opts.plan,
+        opts.aggregate,
+        opts.detach_grace,
+        None,
+    )));
     // Metrics without pod names beat no metrics: the API server is asked in
     // the background, and again until it answers.
     tokio::spawn(pod_metadata(tracker.clone()));
@@ -103,7 +116,10 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         );
     }
 
-    let mut sweeper = tokio::time::interval_at(tokio::time::Instant::now() + opts.sweep_interval, opts.sweep_interval);
+    let mut sweeper = tokio::time::interval_at(
+        tokio::time::Instant::now() + opts.sweep_interval,
+        opts.sweep_interval,
+    );
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
@@ -144,7 +160,10 @@ async fn pod_metadata(tracker: Arc<Mutex<Tracker>>) {
         match identity::kube::start_in_cluster().await {
             Ok(Some(pods)) => {
                 log::info!("watching {} pods on this node for pod labels", pods.len());
-                tracker.lock().unwrap_or_else(|p| p.into_inner()).set_pods(pods);
+                tracker
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .set_pods(pods);
                 return;
             }
             // Not in a cluster: pod labels stay empty, nothing to ask.

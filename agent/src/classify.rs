@@ -2,13 +2,7 @@
 //! probe? Results are cached per file version, so each executable on the node
 //! is read at most once however many processes run it.
 
-use std::{
-    collections::HashMap,
-    fs::File,
-    os::unix::fs::MetadataExt,
-    path::Path,
-    sync::Arc,
-};
+use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt, path::Path, sync::Arc};
 
 use object::{Object, ObjectSection, read::ReadCache};
 
@@ -49,7 +43,10 @@ pub enum Class {
     /// A Go program and how to probe it.
     Go(Arc<ProbePlan>),
     /// A Go program goalloc cannot probe (too old, unknown layout, corrupt...).
-    Unsupported { reason: &'static str, detail: String },
+    Unsupported {
+        reason: &'static str,
+        detail: String,
+    },
 }
 
 /// Whether the ELF file can be a Go program, reading only its headers. `None`
@@ -64,10 +61,12 @@ pub fn may_be_go(path: &Path) -> std::io::Result<Option<bool>> {
     if obj.sections().next().is_none() {
         return Ok(None);
     }
-    Ok(Some(
-        obj.sections()
-            .any(|s| matches!(s.name(), Ok(".go.buildinfo" | ".gopclntab" | ".data.rel.ro.gopclntab"))),
-    ))
+    Ok(Some(obj.sections().any(|s| {
+        matches!(
+            s.name(),
+            Ok(".go.buildinfo" | ".gopclntab" | ".data.rel.ro.gopclntab")
+        )
+    })))
 }
 
 /// Classifies the executable at `path` (usually `/proc/PID/exe`).
@@ -84,7 +83,9 @@ pub fn classify(path: &Path, opts: PlanOptions) -> Class {
     }
     let bin = match GoBinary::open(path) {
         Ok(b) => b,
-        Err(crate::binary::BinaryError::NotGo | crate::binary::BinaryError::NotElf) => return Class::NotGo,
+        Err(crate::binary::BinaryError::NotGo | crate::binary::BinaryError::NotElf) => {
+            return Class::NotGo;
+        }
         Err(e) => {
             return Class::Unsupported {
                 reason: "bad_binary",
@@ -142,12 +143,18 @@ mod tests {
     #[test]
     fn non_go_executables_are_rejected_from_headers() {
         assert_eq!(may_be_go(Path::new("/bin/sh")).unwrap(), Some(false));
-        assert!(matches!(classify(Path::new("/bin/sh"), PlanOptions::default()), Class::NotGo));
+        assert!(matches!(
+            classify(Path::new("/bin/sh"), PlanOptions::default()),
+            Class::NotGo
+        ));
         // A script is not ELF.
         let dir = tempfile::tempdir().unwrap();
         let script = dir.path().join("s.sh");
         std::fs::write(&script, "#!/bin/sh\necho hi\n").unwrap();
-        assert!(matches!(classify(&script, PlanOptions::default()), Class::NotGo));
+        assert!(matches!(
+            classify(&script, PlanOptions::default()),
+            Class::NotGo
+        ));
     }
 
     #[test]

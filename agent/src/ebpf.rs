@@ -22,7 +22,11 @@ use crate::{
 /// The compiled eBPF object, built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/goalloc.bpf.o"));
 
-const PROGRAMS: [ProbeKind; 3] = [ProbeKind::Alloc, ProbeKind::GoroutineCreate, ProbeKind::GoroutineExit];
+const PROGRAMS: [ProbeKind; 3] = [
+    ProbeKind::Alloc,
+    ProbeKind::GoroutineCreate,
+    ProbeKind::GoroutineExit,
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -139,7 +143,12 @@ impl Engine {
 
     /// Attaches `plan` to the file at `path` (whose identity is `key`), once
     /// per file: uprobes fire for every process mapping it.
-    pub fn attach(&mut self, key: BinaryKey, path: &Path, plan: &ProbePlan) -> Result<AttachSummary, EngineError> {
+    pub fn attach(
+        &mut self,
+        key: BinaryKey,
+        path: &Path,
+        plan: &ProbePlan,
+    ) -> Result<AttachSummary, EngineError> {
         if let Some(a) = self.attached.get(&key) {
             return Ok(AttachSummary {
                 probes: a.links.len(),
@@ -164,11 +173,19 @@ impl Engine {
         })
     }
 
-    fn attach_all(&mut self, path: &Path, plan: &ProbePlan, att: &mut Attachment) -> Result<(), EngineError> {
+    fn attach_all(
+        &mut self,
+        path: &Path,
+        plan: &ProbePlan,
+        att: &mut Attachment,
+    ) -> Result<(), EngineError> {
         for probe in &plan.probes {
             let cookie = match probe.site {
                 Some(site) => {
-                    let index = self.free_sites.pop().ok_or(EngineError::SitesFull(agent_common::MAX_SITES))?;
+                    let index = self
+                        .free_sites
+                        .pop()
+                        .ok_or(EngineError::SitesFull(agent_common::MAX_SITES))?;
                     att.sites.push(index);
                     self.set_site(index, site)?;
                     Some(u64::from(index))
@@ -205,7 +222,8 @@ impl Engine {
 
     fn set_site(&mut self, index: u32, site: ProbeSite) -> Result<(), EngineError> {
         let mut sites: Array<_, ProbeSite> =
-            Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map")).map_err(map_err("SITES"))?;
+            Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))
+                .map_err(map_err("SITES"))?;
         sites.set(index, site, 0).map_err(map_err("SITES"))
     }
 
@@ -269,7 +287,10 @@ impl Engine {
     /// Starts the exec/exit tracepoints and hands over their event ring
     /// buffer (the node agent's process tracking). Call once.
     pub fn start_process_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
-        for (name, tracepoint) in [("goalloc_exec", "sched_process_exec"), ("goalloc_exit", "sched_process_exit")] {
+        for (name, tracepoint) in [
+            ("goalloc_exec", "sched_process_exec"),
+            ("goalloc_exit", "sched_process_exit"),
+        ] {
             let prog: &mut RawTracePoint = self
                 .ebpf
                 .program_mut(name)
@@ -352,7 +373,8 @@ impl Engine {
     /// The eBPF self-counters (`agent_common::counter`), summed over CPUs.
     pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], EngineError> {
         let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").expect("COUNTERS map")).map_err(map_err("COUNTERS"))?;
+            PerCpuArray::try_from(self.ebpf.map("COUNTERS").expect("COUNTERS map"))
+                .map_err(map_err("COUNTERS"))?;
         let mut out = [0u64; counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
             let values = m.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;

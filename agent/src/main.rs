@@ -7,14 +7,18 @@ use clap::{Parser, Subcommand};
 use goalloc::{
     agent::{self, AgentOptions},
     binary::GoBinary,
-    tracker::Aggregate,
     plan::{self, PlanOptions},
     report::OutputFormat,
+    tracker::Aggregate,
     watch::{self, WatchOptions},
 };
 
 #[derive(Parser)]
-#[command(name = "goalloc", version, about = "Exact heap-allocation and goroutine counts for Go processes, from eBPF")]
+#[command(
+    name = "goalloc",
+    version,
+    about = "Exact heap-allocation and goroutine counts for Go processes, from eBPF"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -107,7 +111,9 @@ fn run(cli: Cli) -> Result<()> {
                     at_entry: placement == Placement::Entry,
                 },
             };
-            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             rt.block_on(watch::run(opts, std::io::stdout()))
         }
         Command::Agent {
@@ -148,7 +154,10 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     }
     let plan = plan::plan_for_arch(&bin, PlanOptions::default())?;
     println!("scheme:     {:?}", plan.scheme);
-    println!("{:<44} {:>18} {:>12} {:<16} INSTRUCTION", "FUNCTION", "PROBE VADDR", "FILE OFFSET", "PLACEMENT");
+    println!(
+        "{:<44} {:>18} {:>12} {:<16} INSTRUCTION",
+        "FUNCTION", "PROBE VADDR", "FILE OFFSET", "PLACEMENT"
+    );
     for p in &plan.probes {
         println!(
             "{:<44} {:>#18x} {:>#12x} {:<16} {}",

@@ -129,18 +129,24 @@ impl Collector for TrackerCollector {
                 MetricType::Histogram,
             )?;
             for (labels, stats) in &rows {
-                family.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-                    stats.bytes as f64,
-                    stats.allocs,
-                    &cumulative_buckets(stats),
-                    None,
-                )?;
+                family
+                    .encode_family(labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        stats.bytes as f64,
+                        stats.allocs,
+                        &cumulative_buckets(stats),
+                        None,
+                    )?;
             }
         }
 
         // Self-observability.
         let engine = tracker.engine();
-        let gauge = |enc: &mut DescriptorEncoder, name: &str, help: &str, unit: Option<&Unit>, v: f64| {
+        let gauge = |enc: &mut DescriptorEncoder,
+                     name: &str,
+                     help: &str,
+                     unit: Option<&Unit>,
+                     v: f64| {
             ConstGauge::new(v).encode(enc.encode_descriptor(name, help, unit, MetricType::Gauge)?)
         };
         gauge(
@@ -205,7 +211,12 @@ impl Collector for TrackerCollector {
         }
         if let Ok(c) = tracker.counters() {
             let single = |enc: &mut DescriptorEncoder, name: &str, help: &str, v: u64| {
-                ConstCounter::new(v).encode(enc.encode_descriptor(name, help, None, MetricType::Counter)?)
+                ConstCounter::new(v).encode(enc.encode_descriptor(
+                    name,
+                    help,
+                    None,
+                    MetricType::Counter,
+                )?)
             };
             single(
                 &mut enc,
@@ -234,7 +245,8 @@ impl Collector for TrackerCollector {
                 ("read_error", counter::READ_ERRORS),
                 ("filtered", counter::FILTERED_OUT),
             ] {
-                ConstCounter::new(c[idx as usize]).encode(family.encode_family(&[("probe", probe)])?)?;
+                ConstCounter::new(c[idx as usize])
+                    .encode(family.encode_family(&[("probe", probe)])?)?;
             }
         }
         Ok(())

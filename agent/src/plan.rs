@@ -3,7 +3,9 @@
 //! The plan is pure: it reads the binary and decides the functions, probe
 //! offsets and per-site configuration; `ebpf` then attaches it.
 
-use agent_common::{ABI_REGISTER, ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange};
+use agent_common::{
+    ABI_REGISTER, ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange,
+};
 
 use crate::{
     binary::{Arch, BinaryError, GoBinary, GoVersion},
@@ -87,7 +89,9 @@ pub enum PlanError {
     Binary(#[from] BinaryError),
     #[error("{version} is not supported: goalloc needs Go {min} or newer")]
     GoTooOld { version: String, min: GoVersion },
-    #[error("binary is for {binary:?} but goalloc runs on {host}: run the {binary:?} build of goalloc")]
+    #[error(
+        "binary is for {binary:?} but goalloc runs on {host}: run the {binary:?} build of goalloc"
+    )]
     ArchMismatch { binary: Arch, host: &'static str },
     #[error("function {0} not found in the binary: this Go runtime layout is not supported")]
     MissingFunction(&'static str),
@@ -128,7 +132,8 @@ pub fn is_specialized_allocator(name: &str) -> bool {
 /// Functions that count an allocation themselves and may call a specialized
 /// allocator for it: `mallocgc` and the slow paths.
 fn is_dispatcher(name: &str) -> bool {
-    name == "runtime.mallocgc" || (name.starts_with("runtime.mallocgc") && name.ends_with("SlowPath"))
+    name == "runtime.mallocgc"
+        || (name.starts_with("runtime.mallocgc") && name.ends_with("SlowPath"))
 }
 
 /// Plans the probes for `bin`, checking it can be probed safely on this host.
@@ -159,7 +164,10 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
         _ => ABI_STACK,
     };
 
-    let specialized: Vec<_> = bin.functions().filter(|f| is_specialized_allocator(&f.name)).collect();
+    let specialized: Vec<_> = bin
+        .functions()
+        .filter(|f| is_specialized_allocator(&f.name))
+        .collect();
     let scheme = if specialized.is_empty() {
         AllocScheme::Mallocgc
     } else {
@@ -168,7 +176,10 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
     let mut dispatchers: Vec<VaRange> = bin
         .functions()
         .filter(|f| is_dispatcher(&f.name))
-        .map(|f| VaRange { start: f.entry, end: f.end })
+        .map(|f| VaRange {
+            start: f.entry,
+            end: f.end,
+        })
         .collect();
     dispatchers.sort_by_key(|r| r.start);
     if dispatchers.len() > MAX_SKIP_RANGES {
@@ -178,7 +189,9 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
     skip[..dispatchers.len()].copy_from_slice(&dispatchers);
 
     let mut probes = Vec::new();
-    let mallocgc = bin.lookup("runtime.mallocgc").ok_or(PlanError::MissingFunction("runtime.mallocgc"))?;
+    let mallocgc = bin
+        .lookup("runtime.mallocgc")
+        .ok_or(PlanError::MissingFunction("runtime.mallocgc"))?;
     let mut site = ProbeSite {
         kind: SITE_MALLOCGC,
         abi,
@@ -192,7 +205,9 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
         probes.push(probe(bin, ProbeKind::Alloc, f, Some(site), opts)?);
     }
 
-    let create = bin.lookup("runtime.newproc1").ok_or(PlanError::MissingFunction("runtime.newproc1"))?;
+    let create = bin
+        .lookup("runtime.newproc1")
+        .ok_or(PlanError::MissingFunction("runtime.newproc1"))?;
     probes.push(probe(bin, ProbeKind::GoroutineCreate, create, None, opts)?);
     // gdestroy exists from Go 1.22 (goexit0 calls it); before, goexit0 did the work.
     let exit = bin
@@ -217,24 +232,32 @@ fn probe(
     opts: PlanOptions,
 ) -> Result<PlannedProbe, PlanError> {
     let code = bin.code(f)?;
-    let point = prologue::find_probe_point(bin.arch(), code).map_err(|source| PlanError::Prologue {
-        function: f.name.clone(),
-        source,
-    })?;
+    let point =
+        prologue::find_probe_point(bin.arch(), code).map_err(|source| PlanError::Prologue {
+            function: f.name.clone(),
+            source,
+        })?;
     let (offset, placement) = if opts.at_entry {
         (0, Placement::Entry)
     } else {
         (point.offset, point.placement)
     };
     let vaddr = f.entry + offset;
-    let site = site.map(|s| ProbeSite { probe_vaddr: vaddr, ..s });
+    let site = site.map(|s| ProbeSite {
+        probe_vaddr: vaddr,
+        ..s
+    });
     Ok(PlannedProbe {
         kind,
         function: f.name.clone(),
         vaddr,
         file_offset: bin.file_offset(vaddr)?,
         placement,
-        instruction: if opts.at_entry { String::new() } else { point.instruction },
+        instruction: if opts.at_entry {
+            String::new()
+        } else {
+            point.instruction
+        },
         site,
     })
 }

@@ -120,7 +120,9 @@ fn is_zombie(pid: u32) -> bool {
         .ok()
         .and_then(|s| {
             let rest = &s[s.rfind(')')? + 1..];
-            rest.split_ascii_whitespace().next().map(|st| st == "Z" || st == "X")
+            rest.split_ascii_whitespace()
+                .next()
+                .map(|st| st == "Z" || st == "X")
         })
         .unwrap_or(true)
 }

@@ -53,12 +53,23 @@ impl<W: Write> Reporter<W> {
     }
 
     /// Counts of one process over the last `seconds`.
-    pub fn interval(&mut self, p: &ProcessInfo, delta: &ProcStats, seconds: f64) -> std::io::Result<()> {
+    pub fn interval(
+        &mut self,
+        p: &ProcessInfo,
+        delta: &ProcStats,
+        seconds: f64,
+    ) -> std::io::Result<()> {
         match self.format {
             OutputFormat::Json => self.json(p, delta, seconds, false, None),
             OutputFormat::Table => {
                 self.header()?;
-                let per = |v: u64| if seconds > 0.0 { v as f64 / seconds } else { 0.0 };
+                let per = |v: u64| {
+                    if seconds > 0.0 {
+                        v as f64 / seconds
+                    } else {
+                        0.0
+                    }
+                };
                 writeln!(
                     self.out,
                     "{:>8} {:<16} {:<10} {:>12} {:>12} {:>9} {:>10} {:>10}",
@@ -77,7 +88,13 @@ impl<W: Write> Reporter<W> {
     }
 
     /// Cumulative counts since attach; `exited` when the process is gone.
-    pub fn total(&mut self, p: &ProcessInfo, total: &ProcStats, seconds: f64, exited: bool) -> std::io::Result<()> {
+    pub fn total(
+        &mut self,
+        p: &ProcessInfo,
+        total: &ProcStats,
+        seconds: f64,
+        exited: bool,
+    ) -> std::io::Result<()> {
         match self.format {
             OutputFormat::Json => self.json(p, total, seconds, true, Some(exited)),
             OutputFormat::Table => {
@@ -208,7 +225,10 @@ mod tests {
         r.interval(&info(), &stats(), 1.0).unwrap();
         r.total(&info(), &stats(), 5.0, true).unwrap();
         let text = String::from_utf8(out).unwrap();
-        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
         assert_eq!(lines[0]["allocs"], 10);
         assert_eq!(lines[0]["pid"], 42);
         assert!(lines[0].get("total").is_none());
@@ -227,7 +247,10 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().filter(|l| l.contains("ALLOCS/s")).count(), 1);
         let row = text.lines().nth(1).unwrap();
-        assert!(row.contains("svc") && row.contains("go1.27.3") && row.contains(" 5 "), "{row}");
+        assert!(
+            row.contains("svc") && row.contains("go1.27.3") && row.contains(" 5 "),
+            "{row}"
+        );
         assert!(row.contains("500 B"), "{row}");
     }
 
@@ -237,6 +260,9 @@ mod tests {
         assert_eq!(human_bytes(2048.0), "2.0 KiB");
         assert_eq!(human_bytes(3.5 * 1024.0 * 1024.0), "3.5 MiB");
         assert_eq!(short_version("go1.25.5 X:foo"), "go1.25.5");
-        assert_eq!(short_version("go1.27.3-X:nosizespecializedmalloc"), "go1.27.3");
+        assert_eq!(
+            short_version("go1.27.3-X:nosizespecializedmalloc"),
+            "go1.27.3"
+        );
     }
 }

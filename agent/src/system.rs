@@ -57,7 +57,9 @@ mod tests {
         let status = "Name:\tx\nCapInh:\t0000000000000000\nCapEff:\t000001ffffffffff\n";
         let caps = parse_cap_eff(status).unwrap();
         assert!(has_bpf_caps(caps));
-        assert!(!has_bpf_caps(parse_cap_eff("CapEff:\t0000000000000000\n").unwrap()));
+        assert!(!has_bpf_caps(
+            parse_cap_eff("CapEff:\t0000000000000000\n").unwrap()
+        ));
         // CAP_BPF + CAP_PERFMON without CAP_SYS_ADMIN.
         assert!(has_bpf_caps((1 << 38) | (1 << 39)));
         assert!(!has_bpf_caps(1 << 39));

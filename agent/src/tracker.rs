@@ -17,7 +17,7 @@ use std::{
 use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, ProcStats, counter};
 
 use crate::{
-    classify::{ClassCache, Class, FileStamp},
+    classify::{Class, ClassCache, FileStamp},
     ebpf::{Detached, Engine, EngineError},
     identity::{cgroup::CgroupIdentity, kube::PodIndex},
     plan::{PlanOptions, ProbePlan},
@@ -39,13 +39,24 @@ pub enum Aggregate {
 }
 
 /// Label names, in output order.
-pub const LABELS: [&str; 8] = ["pid", "comm", "exe", "go_version", "container_id", "pod", "namespace", "container"];
+pub const LABELS: [&str; 8] = [
+    "pid",
+    "comm",
+    "exe",
+    "go_version",
+    "container_id",
+    "pod",
+    "namespace",
+    "container",
+];
 
 impl Aggregate {
     fn keeps(self, label: &str) -> bool {
         match self {
             Aggregate::Process => true,
-            Aggregate::Container => matches!(label, "container_id" | "pod" | "namespace" | "container"),
+            Aggregate::Container => {
+                matches!(label, "container_id" | "pod" | "namespace" | "container")
+            }
             Aggregate::Pod => matches!(label, "pod" | "namespace"),
             Aggregate::Binary => matches!(label, "exe" | "go_version"),
         }
@@ -196,7 +207,10 @@ impl Tracker {
             Class::Unsupported { reason, detail } => {
                 if self.reported.insert(stamp) {
                     *self.stats.attach_errors.entry(reason).or_default() += 1;
-                    log::warn!("pid {pid}: cannot probe {}: {detail}", procfs::exe_target_of(&exe).display());
+                    log::warn!(
+                        "pid {pid}: cannot probe {}: {detail}",
+                        procfs::exe_target_of(&exe).display()
+                    );
                 }
                 return Ok(false);
             }
@@ -244,10 +258,16 @@ impl Tracker {
         };
         if self.aggregate != Aggregate::Process {
             let group = self.group_of(pid, &t);
-            let live_peer = self.processes.iter().any(|(p, o)| self.group_of(*p, o) == group);
+            let live_peer = self
+                .processes
+                .iter()
+                .any(|(p, o)| self.group_of(*p, o) == group);
             if live_peer {
                 let last = self.engine.stats(pid)?.unwrap_or(ProcStats::ZERO);
-                self.retired.entry(group).or_insert(ProcStats::ZERO).accumulate(&last);
+                self.retired
+                    .entry(group)
+                    .or_insert(ProcStats::ZERO)
+                    .accumulate(&last);
             } else {
                 self.retired.remove(&group);
             }
@@ -311,7 +331,8 @@ impl Tracker {
                 if self.consider(ev.tgid)? {
                     let latency = Duration::from_nanos(monotonic_ns().saturating_sub(ev.ktime_ns));
                     self.stats.last_exec_to_tracked = Some(latency);
-                    self.stats.max_exec_to_tracked = self.stats.max_exec_to_tracked.max(Some(latency));
+                    self.stats.max_exec_to_tracked =
+                        self.stats.max_exec_to_tracked.max(Some(latency));
                 }
             }
             EVENT_EXIT => self.exited(ev.tgid)?,
@@ -431,7 +452,10 @@ impl Tracker {
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
 pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid pointer to a timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64

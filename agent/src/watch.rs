@@ -72,7 +72,11 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
                     pid,
                     Watched {
                         id,
-                        info: ProcessInfo { pid, comm, go_version },
+                        info: ProcessInfo {
+                            pid,
+                            comm,
+                            go_version,
+                        },
                         since: Instant::now(),
                         last: ProcStats::ZERO,
                     },
@@ -80,7 +84,8 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
             }
         }
         Target::Binary(path) => {
-            let key = BinaryKey::of_path(path).with_context(|| format!("cannot open {}", path.display()))?;
+            let key = BinaryKey::of_path(path)
+                .with_context(|| format!("cannot open {}", path.display()))?;
             let plan = plan_binary(path, &path.display().to_string(), opts.plan)?;
             binary_version = Some(plan.go_version.clone());
             binaries.insert(key, (path.clone(), plan));
@@ -113,7 +118,8 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
         w.since = Instant::now();
     }
 
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
+    let mut ticker =
+        tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
@@ -164,7 +170,12 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
     for pid in pids {
         let w = &watched[&pid];
         let current = engine.stats(pid)?.unwrap_or(ProcStats::ZERO);
-        reporter.total(&w.info, &current, w.since.elapsed().as_secs_f64(), !w.id.is_alive())?;
+        reporter.total(
+            &w.info,
+            &current,
+            w.since.elapsed().as_secs_f64(),
+            !w.id.is_alive(),
+        )?;
     }
     Ok(())
 }

@@ -29,19 +29,36 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
     assert_ne!(code, 0, "{args:?} should fail");
     assert!(stdout.is_empty(), "{args:?} printed to stdout: {stdout}");
     let lines: Vec<_> = stderr.lines().collect();
-    assert_eq!(lines.len(), 1, "{args:?}: expected one line, got:\n{stderr}");
+    assert_eq!(
+        lines.len(),
+        1,
+        "{args:?}: expected one line, got:\n{stderr}"
+    );
     assert!(lines[0].starts_with("goalloc: error: "), "{}", lines[0]);
-    assert!(lines[0].contains(needle), "{args:?}: {:?} lacks {needle:?}", lines[0]);
+    assert!(
+        lines[0].contains(needle),
+        "{args:?}: {:?} lacks {needle:?}",
+        lines[0]
+    );
 }
 
 #[test]
 fn errors_are_one_clear_line() {
-    assert_one_line_error(&["watch", "--pid", "4000000000"], "no such process: 4000000000");
-    assert_one_line_error(&["watch", "--binary", "/nonexistent/app"], "/nonexistent/app");
+    assert_one_line_error(
+        &["watch", "--pid", "4000000000"],
+        "no such process: 4000000000",
+    );
+    assert_one_line_error(
+        &["watch", "--binary", "/nonexistent/app"],
+        "/nonexistent/app",
+    );
     assert_one_line_error(&["watch", "--binary", "/bin/sh"], "not a Go executable");
     assert_one_line_error(&["inspect", "/bin/sh"], "not a Go executable");
     assert_one_line_error(&["watch"], "nothing to watch");
-    assert_one_line_error(&["watch", "--binary", "/bin/sh", "--interval", "0s"], "--interval");
+    assert_one_line_error(
+        &["watch", "--binary", "/bin/sh", "--interval", "0s"],
+        "--interval",
+    );
 
     // A running process that is not Go.
     let mut sleeper = Command::new("sleep").arg("30").spawn().unwrap();
@@ -92,7 +109,15 @@ fn watch_pid_json_until_exit() {
             if stop == 0 {
                 // The fixture is stopped before its first phase: attach now.
                 let mut child = Command::new(GOALLOC)
-                    .args(["watch", "--pid", &pid.to_string(), "--output", "json", "--interval", "100ms"])
+                    .args([
+                        "watch",
+                        "--pid",
+                        &pid.to_string(),
+                        "--output",
+                        "json",
+                        "--interval",
+                        "100ms",
+                    ])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
                     .spawn()
@@ -125,12 +150,20 @@ fn watch_pid_json_until_exit() {
     }
     let status = status.expect("goalloc watch did not exit after its only process exited");
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
     let stderr = rx.recv_timeout(Duration::from_secs(5)).unwrap();
     assert!(status.success(), "goalloc failed: {stderr}");
     assert!(stderr.is_empty(), "unexpected stderr: {stderr}");
 
-    let rows: Vec<serde_json::Value> = out.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let rows: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let (totals, intervals): (Vec<_>, Vec<_>) = rows.iter().partition(|r| r["total"] == true);
     assert_eq!(totals.len(), 1, "{out}");
     let total = totals[0];
@@ -146,7 +179,10 @@ fn watch_pid_json_until_exit() {
     let created: u64 = phases.iter().map(|p| p.goroutines_created).sum();
     // The whole run includes more than the measured phases (start-up after
     // attach, printing), never less.
-    assert!(total["allocs"].as_u64().unwrap() >= mallocs, "{total} vs {mallocs}");
+    assert!(
+        total["allocs"].as_u64().unwrap() >= mallocs,
+        "{total} vs {mallocs}"
+    );
     assert!(total["goroutines_created"].as_u64().unwrap() >= created);
     assert_eq!(created, 1000);
     println!("watch total: {total}");

@@ -26,7 +26,12 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
     let fixture = v.program("fixture");
     let bin = GoBinary::open(&fixture).unwrap();
     let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
-    let engine = RefCell::new(Engine::load(EngineOptions { filter_by_pid: true }).unwrap());
+    let engine = RefCell::new(
+        Engine::load(EngineOptions {
+            filter_by_pid: true,
+        })
+        .unwrap(),
+    );
     engine
         .borrow_mut()
         .attach(BinaryKey::of_path(&fixture).unwrap(), &fixture, &plan)
@@ -36,7 +41,15 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
         &fixture,
         &[],
         |pid| engine.borrow_mut().watch_pid(pid).unwrap(),
-        |pid, _| snaps.push(engine.borrow().stats(pid).unwrap().unwrap_or(ProcStats::ZERO)),
+        |pid, _| {
+            snaps.push(
+                engine
+                    .borrow()
+                    .stats(pid)
+                    .unwrap()
+                    .unwrap_or(ProcStats::ZERO),
+            )
+        },
     );
     assert_eq!(fin.code, 0, "{} fixture failed:\n{}", v.label, fin.stdout);
     let phases = parse_phases(&fin.stdout);
@@ -74,22 +87,38 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
             d.goroutines_exited
         );
         if d.allocs != p.mallocs {
-            bad.push(format!("{} {}: counted {} allocations, MemStats.Mallocs delta {}", v.label, p.name, d.allocs, p.mallocs));
+            bad.push(format!(
+                "{} {}: counted {} allocations, MemStats.Mallocs delta {}",
+                v.label, p.name, d.allocs, p.mallocs
+            ));
         }
         if let Some(bytes) = p.bytes
             && d.bytes != bytes
         {
-            bad.push(format!("{} {}: counted {} bytes, requested {}", v.label, p.name, d.bytes, bytes));
+            bad.push(format!(
+                "{} {}: counted {} bytes, requested {}",
+                v.label, p.name, d.bytes, bytes
+            ));
         }
-        if d.goroutines_created != p.goroutines_created || d.goroutines_exited != p.goroutines_exited {
+        if d.goroutines_created != p.goroutines_created
+            || d.goroutines_exited != p.goroutines_exited
+        {
             bad.push(format!(
                 "{} {}: goroutines counted +{} -{}, fixture did +{} -{}",
-                v.label, p.name, d.goroutines_created, d.goroutines_exited, p.goroutines_created, p.goroutines_exited
+                v.label,
+                p.name,
+                d.goroutines_created,
+                d.goroutines_exited,
+                p.goroutines_created,
+                p.goroutines_exited
             ));
         }
         let hist_total: u64 = d.size_hist.iter().sum();
         if hist_total != d.allocs {
-            bad.push(format!("{} {}: histogram holds {hist_total}, allocations {}", v.label, p.name, d.allocs));
+            bad.push(format!(
+                "{} {}: histogram holds {hist_total}, allocations {}",
+                v.label, p.name, d.allocs
+            ));
         }
     }
     let counters = engine.borrow().counters().unwrap();
@@ -103,7 +132,10 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
     );
     for c in [counter::READ_ERRORS, counter::STATS_MAP_FULL] {
         if counters[c as usize] != 0 {
-            bad.push(format!("{}: self-counter {c} is {}", v.label, counters[c as usize]));
+            bad.push(format!(
+                "{}: self-counter {c} is {}",
+                v.label, counters[c as usize]
+            ));
         }
     }
     (report, bad, counters)
@@ -115,13 +147,20 @@ fn check(label: &str, scheme: AllocScheme) {
     }
     let v = variant(label);
     let bin = GoBinary::open(&v.program("fixture")).unwrap();
-    assert_eq!(plan::plan(&bin, PlanOptions::default()).unwrap().scheme, scheme, "{label}");
+    assert_eq!(
+        plan::plan(&bin, PlanOptions::default()).unwrap().scheme,
+        scheme,
+        "{label}"
+    );
     let (report, bad, counters) = measure(&v);
     println!("{report}");
     if scheme == AllocScheme::MallocgcAndSpecialized {
         // mallocgc dispatched to specialized allocators and those hits were
         // recognised as nested: the double-count guard was exercised.
-        assert!(counters[counter::ALLOC_NESTED_SKIPS as usize] > 0, "{report}");
+        assert!(
+            counters[counter::ALLOC_NESTED_SKIPS as usize] > 0,
+            "{report}"
+        );
     }
     assert!(bad.is_empty(), "{report}\n{}", bad.join("\n"));
 }
@@ -149,7 +188,10 @@ fn exact_other_variants() {
     }
     let mut reports = String::new();
     let mut bad = Vec::new();
-    for v in variants().iter().filter(|v| !NAMED.contains(&v.label.as_str())) {
+    for v in variants()
+        .iter()
+        .filter(|v| !NAMED.contains(&v.label.as_str()))
+    {
         let (r, b, _) = measure(v);
         reports += &r;
         bad.extend(b);

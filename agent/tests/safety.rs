@@ -32,13 +32,23 @@ fn fixture_output_identical_with_and_without_probes() {
         let bin = GoBinary::open(&fixture).unwrap();
         let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
         let mut engine = Engine::load(EngineOptions::default()).unwrap();
-        engine.attach(BinaryKey::of_path(&fixture).unwrap(), &fixture, &plan).unwrap();
+        engine
+            .attach(BinaryKey::of_path(&fixture).unwrap(), &fixture, &plan)
+            .unwrap();
         let with = run_with_stops(&fixture, &[], |_| {}, |_, _| {});
         let hits = engine.counters().unwrap()[agent_common::counter::ALLOC_HITS as usize];
         drop(engine);
         assert!(hits > 0, "{}: the probes never fired", v.label);
-        assert_eq!(without.code, 0, "{}: fixture failed without probes", v.label);
-        assert_eq!(with.code, without.code, "{}: exit code changed under probes", v.label);
+        assert_eq!(
+            without.code, 0,
+            "{}: fixture failed without probes",
+            v.label
+        );
+        assert_eq!(
+            with.code, without.code,
+            "{}: exit code changed under probes",
+            v.label
+        );
         assert_eq!(with.stops, without.stops, "{}", v.label);
         assert_eq!(
             stable(&with.stdout),
@@ -46,6 +56,9 @@ fn fixture_output_identical_with_and_without_probes() {
             "{}: output differs with probes attached",
             v.label
         );
-        println!("{}: identical output and exit code; {hits} probe hits", v.label);
+        println!(
+            "{}: identical output and exit code; {hits} probe hits",
+            v.label
+        );
     }
 }

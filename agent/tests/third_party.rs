@@ -30,14 +30,20 @@ const DEBIAN: &[(&str, &str)] = &[
 fn toolchains() -> Vec<PathBuf> {
     let list = std::env::var("GOALLOC_GO_TOOLCHAINS")
         .expect("GOALLOC_GO_TOOLCHAINS is not set: run the tests with `cargo xtask test`");
-    list.split(':').filter(|s| !s.is_empty()).map(PathBuf::from).collect()
+    list.split(':')
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+        .collect()
 }
 
 /// Go's own pclntab reader, built once with the newest toolchain.
 fn symdump() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let go = toolchains().into_iter().max_by_key(|g| g.to_string_lossy().into_owned()).unwrap();
+        let go = toolchains()
+            .into_iter()
+            .max_by_key(|g| g.to_string_lossy().into_owned())
+            .unwrap();
         let out = std::env::temp_dir().join(format!("goalloc-symdump-{}", std::process::id()));
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/go/symdump/main.go");
         let status = Command::new(&go)
@@ -56,7 +62,12 @@ fn symdump() -> &'static Path {
 /// name -> entries, from debug/gosym.
 fn gosym_functions(bin: &Path) -> HashMap<String, Vec<(u64, u64)>> {
     let out = Command::new(symdump()).arg(bin).output().unwrap();
-    assert!(out.status.success(), "symdump {}: {}", bin.display(), String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "symdump {}: {}",
+        bin.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let mut map: HashMap<String, Vec<(u64, u64)>> = HashMap::new();
     for line in String::from_utf8(out.stdout).unwrap().lines() {
         // Names may contain spaces (generic shapes): the numbers are last.
@@ -72,9 +83,16 @@ fn gosym_functions(bin: &Path) -> HashMap<String, Vec<(u64, u64)>> {
 /// Checks one binary; returns a one-line summary.
 fn check(path: &Path) -> String {
     let bin = GoBinary::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let plan = plan::plan_for_arch(&bin, PlanOptions::default()).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let plan = plan::plan_for_arch(&bin, PlanOptions::default())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     for p in &plan.probes {
-        assert_eq!(p.placement, Placement::AfterStackCheck, "{}: {}", path.display(), p.function);
+        assert_eq!(
+            p.placement,
+            Placement::AfterStackCheck,
+            "{}: {}",
+            path.display(),
+            p.function
+        );
         assert!(p.file_offset > 0 && p.file_offset < bin.data().len() as u64);
     }
     assert_eq!(plan.count(ProbeKind::GoroutineCreate), 1);
@@ -85,7 +103,10 @@ fn check(path: &Path) -> String {
     let ours = bin.pclntab_functions_all().unwrap();
     let mut ours_by_name: HashMap<&str, Vec<u64>> = HashMap::new();
     for f in &ours {
-        ours_by_name.entry(f.name.as_str()).or_default().push(f.entry);
+        ours_by_name
+            .entry(f.name.as_str())
+            .or_default()
+            .push(f.entry);
     }
     let mut compared = 0;
     for (name, entries) in theirs.iter().filter(|(n, _)| n.starts_with("runtime.")) {
@@ -93,20 +114,35 @@ fn check(path: &Path) -> String {
         let mut b = ours_by_name.get(name.as_str()).cloned().unwrap_or_default();
         a.sort_unstable();
         b.sort_unstable();
-        assert_eq!(a, b, "{}: {name}: debug/gosym {a:x?}, goalloc {b:x?}", path.display());
+        assert_eq!(
+            a,
+            b,
+            "{}: {name}: debug/gosym {a:x?}, goalloc {b:x?}",
+            path.display()
+        );
         compared += 1;
     }
-    assert!(compared > 500, "{}: only {compared} runtime functions", path.display());
+    assert!(
+        compared > 500,
+        "{}: only {compared} runtime functions",
+        path.display()
+    );
     // Each probed function is the one gosym knows under that name.
     for p in &plan.probes {
         let f = bin.lookup(&p.function).unwrap();
-        assert!(theirs[&p.function].iter().any(|(e, _)| *e == f.entry), "{}", p.function);
+        assert!(
+            theirs[&p.function].iter().any(|(e, _)| *e == f.entry),
+            "{}",
+            p.function
+        );
     }
     // Where there is a symbol table, it agrees too.
     if bin.symbol_source() == SymbolSource::Symtab {
         for f in bin.functions().filter(|f| f.name.starts_with("runtime.")) {
             assert!(
-                theirs.get(&f.name).is_some_and(|v| v.iter().any(|(e, _)| *e == f.entry)),
+                theirs
+                    .get(&f.name)
+                    .is_some_and(|v| v.iter().any(|(e, _)| *e == f.entry)),
                 "{}: symtab {} at {:#x} unknown to gosym",
                 path.display(),
                 f.name,
@@ -145,7 +181,11 @@ fn official_go_toolchain_binaries() {
             .parent()
             .and_then(|bin| bin.parent())
             .map(|root| root.join("pkg/tool/linux_amd64/compile"));
-        for path in [Some(go.clone()), compile].into_iter().flatten().filter(|p| p.exists()) {
+        for path in [Some(go.clone()), compile]
+            .into_iter()
+            .flatten()
+            .filter(|p| p.exists())
+        {
             println!("{}", check(&path));
             checked += 1;
         }

@@ -314,3 +314,51 @@ fn write_if_changed(path: &Path, text: &str) -> Result<()> {
     }
     std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx() -> Ctx {
+        Ctx {
+            root: "/w".into(),
+            cache: "/w/.cache".into(),
+        }
+    }
+
+    #[test]
+    fn labels() {
+        let fl = flavour("stripped");
+        let v = Variant::new("/go".into(), "1.27.3", Some("nosizespecializedmalloc"), fl);
+        assert_eq!(v.label, "go1.27.3-nosizespecializedmalloc-stripped");
+        assert_eq!(Variant::plain(&ctx(), "1.21.13").label, "go1.21.13");
+        assert_eq!(
+            Variant::plain(&ctx(), "1.21.13").go,
+            PathBuf::from("/w/.cache/go/1.21.13/go/bin/go")
+        );
+    }
+
+    #[test]
+    fn default_matrix_entries_are_valid() {
+        for &(version, _, fl) in DEFAULT_MATRIX {
+            assert!(
+                GO_VERSIONS.contains(&version),
+                "{version} is not installed by setup"
+            );
+            assert!(
+                FLAVOURS.iter().any(|f| f.name == fl),
+                "unknown flavour {fl}"
+            );
+        }
+    }
+
+    #[test]
+    fn variant_json_has_the_documented_fields() {
+        let v = Variant::plain(&ctx(), "1.27.3");
+        let json: serde_json::Value = serde_json::from_str(&v.json(&["fixture".into()])).unwrap();
+        assert_eq!(json["label"], "go1.27.3");
+        assert_eq!(json["go_version"], "1.27.3");
+        assert_eq!(json["goexperiment"], serde_json::Value::Null);
+        assert_eq!(json["flavour"], "default");
+    }
+}

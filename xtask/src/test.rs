@@ -2,7 +2,7 @@
 
 use std::ffi::OsString;
 
-use anyhow::Result;
+use anyhow::{Result, bail};
 
 use crate::util::{Ctx, run};
 use crate::{fixtures, setup};
@@ -19,9 +19,21 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
         ("GOALLOC_GO_TOOLCHAINS", toolchains),
     ];
 
-    step(ctx, &["fmt", "--all", "--", "--check"], &[], &env)?;
+    for (key, value) in &env {
+        println!("test: {key}={}", value.to_string_lossy());
+    }
+
+    // Every step runs; the failed ones are listed at the end.
+    let mut failed = Vec::new();
+    let mut step = |name: &'static str, args: &[&str], extra: &[String]| {
+        if let Err(e) = run_step(ctx, args, extra, &env) {
+            eprintln!("test: {name} failed: {e:#}");
+            failed.push(name);
+        }
+    };
+    step("fmt", &["fmt", "--all", "--", "--check"], &[]);
     step(
-        ctx,
+        "clippy",
         &[
             "clippy",
             "--workspace",
@@ -31,8 +43,7 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
             "warnings",
         ],
         &[],
-        &env,
-    )?;
+    );
     // `cargo xtask test -- -p goalloc` narrows the run instead of adding to it.
     let narrowed = cargo_test_args
         .iter()
@@ -43,17 +54,27 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
     } else {
         &["test", "--workspace"]
     };
-    step(ctx, test_args, cargo_test_args, &env)?;
-    println!("test: all steps passed");
+    step("cargo test", test_args, cargo_test_args);
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join(", "));
+    }
+    println!("test: fmt, clippy and cargo test passed");
     Ok(())
 }
 
-fn step(ctx: &Ctx, args: &[&str], extra: &[String], env: &[(&str, OsString)]) -> Result<()> {
+fn run_step(ctx: &Ctx, args: &[&str], extra: &[String], env: &[(&str, OsString)]) -> Result<()> {
     let mut cmd = ctx.cargo()?;
     cmd.args(args).args(extra);
     for (key, value) in env {
         cmd.env(key, value);
     }
-    println!("test: {}", crate::util::show(&cmd));
+    println!(
+        "test: cargo {}",
+        [args, &extra_refs(extra)].concat().join(" ")
+    );
     run(&mut cmd)
+}
+
+fn extra_refs(extra: &[String]) -> Vec<&str> {
+    extra.iter().map(String::as_str).collect()
 }

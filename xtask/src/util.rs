@@ -51,13 +51,17 @@ impl Ctx {
     }
 
     /// A `cargo` command run from the workspace root, with the cached tools
-    /// (bpf-linker) first in PATH and `GOALLOC_CACHE` set.
+    /// (bpf-linker) first in PATH. `GOALLOC_CACHE` is passed on (made absolute)
+    /// only when the user set it: agent/build.rs defaults to the same directory,
+    /// and it reruns when that variable changes.
     pub fn cargo(&self) -> Result<Command> {
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let mut cmd = Command::new(cargo);
         cmd.current_dir(&self.root)
-            .env("PATH", self.path_with_tools()?)
-            .env("GOALLOC_CACHE", &self.cache);
+            .env("PATH", self.path_with_tools()?);
+        if std::env::var_os("GOALLOC_CACHE").is_some_and(|v| !v.is_empty()) {
+            cmd.env("GOALLOC_CACHE", &self.cache);
+        }
         Ok(cmd)
     }
 

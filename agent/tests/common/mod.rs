@@ -25,7 +25,9 @@ pub fn require_bpf() -> bool {
         return false;
     }
     if let Err(e) = goalloc::system::preflight() {
-        panic!("this test needs BPF with uprobes ({e}); run as root, or set {SKIP_VAR}=1 to skip BPF tests explicitly");
+        panic!(
+            "this test needs BPF with uprobes ({e}); run as root, or set {SKIP_VAR}=1 to skip BPF tests explicitly"
+        );
     }
     true
 }
@@ -58,7 +60,11 @@ pub fn variants() -> Vec<Variant> {
         })
         .collect();
     out.sort_by(|a, b| a.label.cmp(&b.label));
-    assert!(!out.is_empty(), "no fixtures in {}: run `cargo xtask fixtures`", dir.display());
+    assert!(
+        !out.is_empty(),
+        "no fixtures in {}: run `cargo xtask fixtures`",
+        dir.display()
+    );
     out
 }
 
@@ -67,7 +73,9 @@ pub fn variant(label: &str) -> Variant {
     variants()
         .into_iter()
         .find(|v| v.label == label)
-        .unwrap_or_else(|| panic!("fixture variant {label} was not built: run `cargo xtask fixtures`"))
+        .unwrap_or_else(|| {
+            panic!("fixture variant {label} was not built: run `cargo xtask fixtures`")
+        })
 }
 
 pub struct Finished {
@@ -118,7 +126,12 @@ pub fn run_with_stops(
     let code = loop {
         let mut status = 0;
         let r = unsafe { libc::waitpid(pid as i32, &mut status, libc::WUNTRACED) };
-        assert_eq!(r, pid as i32, "waitpid: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            r,
+            pid as i32,
+            "waitpid: {}",
+            std::io::Error::last_os_error()
+        );
         if libc::WIFSTOPPED(status) {
             on_stop(pid, stops);
             stops += 1;
@@ -161,7 +174,11 @@ pub fn parse_phases(stdout: &str) -> Vec<Phase> {
                     .find_map(|kv| kv.strip_prefix(k).and_then(|r| r.strip_prefix('=')))
                     .unwrap_or_else(|| panic!("no {k} in {l:?}"))
             };
-            let num = |k: &str| -> i64 { field(k).parse().unwrap_or_else(|_| panic!("bad {k} in {l:?}")) };
+            let num = |k: &str| -> i64 {
+                field(k)
+                    .parse()
+                    .unwrap_or_else(|_| panic!("bad {k} in {l:?}"))
+            };
             Phase {
                 name: field("phase").to_string(),
                 mallocs: num("mallocs") as u64,
@@ -331,7 +348,15 @@ impl Agent {
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
             let mut child = Command::new(GOALLOC)
-                .args(["agent", "--listen", &addr, "--sweep-interval", "1s", "--detach-grace", "1s"])
+                .args([
+                    "agent",
+                    "--listen",
+                    &addr,
+                    "--sweep-interval",
+                    "1s",
+                    "--detach-grace",
+                    "1s",
+                ])
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
