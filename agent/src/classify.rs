@@ -23,12 +23,13 @@ pub struct FileStamp {
 
 impl FileStamp {
     pub fn of(path: &Path) -> std::io::Result<FileStamp> {
-        let m = std::fs::metadata(path)?;
+        FileStamp::of_file(&File::open(path)?)
+    }
+
+    pub fn of_file(file: &File) -> std::io::Result<FileStamp> {
+        let m = file.metadata()?;
         Ok(FileStamp {
-            key: BinaryKey {
-                dev: m.dev(),
-                ino: m.ino(),
-            },
+            key: BinaryKey::of_file(file)?,
             size: m.size(),
             mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
             ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),

@@ -111,6 +111,7 @@ impl Engine {
     /// Checks privileges and kernel support, then loads the programs.
     pub fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
         system::preflight()?;
+        system::raise_fd_limit();
         let filter = u8::from(opts.filter_by_pid);
         let mut ebpf = EbpfLoader::new()
             .override_global("FILTER_BY_PID", &filter, true)

@@ -81,7 +81,7 @@ pub fn cumulative_buckets(stats: &ProcStats) -> Vec<(f64, u64)> {
 
 impl Collector for TrackerCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let mut tracker = self.tracker.lock().unwrap_or_else(|p| p.into_inner());
         let rows = match tracker.snapshot() {
             Ok(rows) => rows,
             Err(e) => {

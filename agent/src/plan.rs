@@ -159,7 +159,8 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
         });
     }
     let abi = match bin.arch() {
-        Arch::X86_64 if !info.has_experiment("noregabi") => ABI_REGISTER,
+        // Go records the sub-experiments (noregabiargs, ...), never "noregabi".
+        Arch::X86_64 if !info.has_experiment("noregabiargs") => ABI_REGISTER,
         Arch::Aarch64 if info.version >= GoVersion::new(1, 18, 0) => ABI_REGISTER,
         _ => ABI_STACK,
     };

@@ -1,26 +1,83 @@
 //! What goalloc reads about processes from /proc.
 
 use std::{
-    fs, io,
-    os::unix::fs::MetadataExt,
+    fs::{self, File},
+    io,
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
     path::{Path, PathBuf},
 };
 
-/// Identity of an executable file. Uprobes are keyed by inode; the device is
-/// needed too because overlayfs siblings can share inode numbers.
+const OVERLAYFS_SUPER_MAGIC: i64 = 0x794c_7630;
+
+/// Identity of an executable file as the kernel's uprobes see it: they are
+/// registered on the real inode. Through overlayfs (container images), each
+/// container's mount shows the same lower-layer file with its own `st_dev`
+/// and the real `st_ino`; keying by `(dev, ino)` would attach once per
+/// container and count every hit twice. Overlay files are therefore keyed by
+/// inode number plus size and mtime (which also keep apart different files
+/// that happen to share an inode number on different layers' filesystems).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BinaryKey {
+    /// 0 for overlayfs files.
     pub dev: u64,
     pub ino: u64,
+    /// 0, or for overlayfs files a digest of size and mtime.
+    pub version: u64,
 }
 
 impl BinaryKey {
     pub fn of_path(path: &Path) -> io::Result<BinaryKey> {
-        let m = fs::metadata(path)?;
-        Ok(BinaryKey {
-            dev: m.dev(),
-            ino: m.ino(),
+        BinaryKey::of_file(&File::open(path)?)
+    }
+
+    pub fn of_file(file: &File) -> io::Result<BinaryKey> {
+        let m = file.metadata()?;
+        // SAFETY: statfs is plain data; fstatfs fills it for a valid fd.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        let overlay = unsafe { libc::fstatfs(file.as_raw_fd(), &mut fs) } == 0
+            && fs.f_type as i64 == OVERLAYFS_SUPER_MAGIC;
+        Ok(if overlay {
+            let mtime_ns = (m.mtime() as u64)
+                .wrapping_mul(1_000_000_000)
+                .wrapping_add(m.mtime_nsec() as u64);
+            BinaryKey {
+                dev: 0,
+                ino: m.ino(),
+                version: m.size().rotate_left(32) ^ mtime_ns,
+            }
+        } else {
+            BinaryKey {
+                dev: m.dev(),
+                ino: m.ino(),
+                version: 0,
+            }
         })
+    }
+}
+
+/// An executable opened once. Every later step (stamp, parsing, each
+/// uprobe's `perf_event_open`) goes through this descriptor, so all of them
+/// see the same file even if the process execs or its PID is reused
+/// meanwhile: offsets are never planned on one file and attached to another.
+pub struct OpenExe {
+    file: File,
+    path: PathBuf,
+}
+
+impl OpenExe {
+    pub fn open(path: &Path) -> io::Result<OpenExe> {
+        let file = File::open(path)?;
+        let path = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+        Ok(OpenExe { file, path })
+    }
+
+    /// A path that resolves to this very file while it is open.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn file(&self) -> &File {
+        &self.file
     }
 }
 
@@ -56,9 +113,9 @@ pub fn exe_path(pid: u32) -> PathBuf {
     proc_path(pid, "exe")
 }
 
-/// The process's executable identity.
-pub fn exe_key(pid: u32) -> Result<BinaryKey, ProcError> {
-    BinaryKey::of_path(&exe_path(pid)).map_err(io_err(pid))
+/// Opens the process's executable.
+pub fn open_exe(pid: u32) -> Result<OpenExe, ProcError> {
+    OpenExe::open(&exe_path(pid)).map_err(io_err(pid))
 }
 
 /// For display: where a `/proc/PID/exe` link points (may end in
@@ -155,7 +212,7 @@ mod tests {
         let me = ProcessId::of(std::process::id()).unwrap();
         assert!(me.is_alive());
         assert!(!comm(std::process::id()).unwrap().is_empty());
-        assert!(exe_key(std::process::id()).is_ok());
+        assert!(open_exe(std::process::id()).is_ok());
         assert!(matches!(comm(u32::MAX), Err(ProcError::NoSuchProcess(_))));
     }
 }

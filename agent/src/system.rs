@@ -35,6 +35,25 @@ fn has_bpf_caps(caps: u64) -> bool {
     has(CAP_SYS_ADMIN) || (has(CAP_BPF) && has(CAP_PERFMON))
 }
 
+/// Raises the soft limit on open files to the hard limit: every uprobe holds
+/// a file descriptor (about 17 per Go 1.27 binary), and the usual soft limit
+/// of 1024 would cap the agent at a few dozen binaries.
+pub fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain data in and out.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                log::warn!("could not raise the open-files limit");
+            }
+        }
+    }
+}
+
 /// Fails early with a clear reason when uprobes cannot work here.
 pub fn preflight() -> Result<(), SystemError> {
     if let Some(caps) = effective_caps()

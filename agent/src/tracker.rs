@@ -51,6 +51,30 @@ pub const LABELS: [&str; 8] = [
 ];
 
 impl Aggregate {
+    /// The stable identity of a process's group: like its labels, with the
+    /// pod UID standing for pod, namespace and container names.
+    fn group(
+        self,
+        pid: u32,
+        comm: &str,
+        exe: &str,
+        go_version: &str,
+        cgroup: &CgroupIdentity,
+    ) -> Labels {
+        let fields = [
+            ("pid", pid.to_string()),
+            ("comm", comm.to_string()),
+            ("exe", exe.to_string()),
+            ("go_version", go_version.to_string()),
+            (
+                "container_id",
+                cgroup.container_id.clone().unwrap_or_default(),
+            ),
+            ("pod", cgroup.pod_uid.clone().unwrap_or_default()),
+        ];
+        fields.into_iter().filter(|(k, _)| self.keeps(k)).collect()
+    }
+
     fn keeps(self, label: &str) -> bool {
         match self {
             Aggregate::Process => true,
@@ -71,6 +95,14 @@ pub type Labels = Vec<(&'static str, String)>;
 pub struct Tracked {
     pub id: ProcessId,
     pub stamp: FileStamp,
+    /// CLOCK_MONOTONIC when /proc was read to track it.
+    pub tracked_at_ns: u64,
+    /// Counters at the last snapshot: the final ones if the kernel resets
+    /// them at exec before we read them again.
+    pub last_seen: ProcStats,
+    /// The aggregation group, from identities that do not change while the
+    /// process lives (names from the Kubernetes API may arrive later).
+    pub group: Labels,
     pub comm: String,
     pub exe: String,
     pub go_version: String,
@@ -137,8 +169,11 @@ pub struct Tracker {
     /// Final counters of exited processes whose group still has live members,
     /// so aggregated counters do not drop when one member exits.
     retired: HashMap<Labels, ProcStats>,
-    /// File versions already counted in `attach_errors`.
-    reported: HashSet<FileStamp>,
+    /// File versions that cannot be probed (counted once in `attach_errors`,
+    /// not retried).
+    failed: HashSet<FileStamp>,
+    /// Which version of each attached file its probes were planned for.
+    attached_stamps: HashMap<BinaryKey, FileStamp>,
     pub stats: SelfStats,
 }
 
@@ -162,7 +197,8 @@ impl Tracker {
             detacher: Detacher::new(),
             processes: HashMap::new(),
             retired: HashMap::new(),
-            reported: HashSet::new(),
+            failed: HashSet::new(),
+            attached_stamps: HashMap::new(),
             stats: SelfStats::default(),
         }
     }
@@ -187,64 +223,104 @@ impl Tracker {
     /// Starts tracking `pid` if it runs a Go binary goalloc can probe.
     /// Returns whether it is tracked afterwards.
     pub fn consider(&mut self, pid: u32) -> Result<bool, EngineError> {
+        // Taken before reading /proc: kernel events older than this are
+        // already reflected in what we read (see `on_event`).
+        let now_ns = monotonic_ns();
         let Ok(id) = ProcessId::of(pid) else {
             return Ok(false); // already gone
         };
-        if let Some(t) = self.processes.get(&pid) {
-            if t.id == id {
-                return Ok(true);
-            }
-            // The PID now belongs to another process: close the old one first.
-            self.exited(pid)?;
-        }
-        let exe = procfs::exe_path(pid);
         // Kernel threads and processes we may not inspect have no readable exe.
-        let Ok(stamp) = FileStamp::of(&exe) else {
+        let Ok(exe) = procfs::open_exe(pid) else {
             return Ok(false);
         };
-        let plan: Arc<ProbePlan> = match self.classes.get_or_classify(stamp, &exe, self.plan_opts) {
-            Class::NotGo => return Ok(false),
-            Class::Unsupported { reason, detail } => {
-                if self.reported.insert(stamp) {
-                    *self.stats.attach_errors.entry(reason).or_default() += 1;
-                    log::warn!(
-                        "pid {pid}: cannot probe {}: {detail}",
-                        procfs::exe_target_of(&exe).display()
-                    );
-                }
-                return Ok(false);
-            }
-            Class::Go(plan) => plan,
+        let Ok(stamp) = FileStamp::of_file(exe.file()) else {
+            return Ok(false);
         };
+        if let Some(t) = self.processes.get(&pid) {
+            if t.id == id && t.stamp == stamp {
+                return Ok(true);
+            }
+            // Another process got the PID, or this one exec'd and the event
+            // was lost: close the old one first.
+            let exec = t.id == id;
+            self.exited(pid, exec)?;
+        }
+        if self.failed.contains(&stamp) {
+            return Ok(false);
+        }
+        let plan: Arc<ProbePlan> =
+            match self
+                .classes
+                .get_or_classify(stamp, exe.path(), self.plan_opts)
+            {
+                Class::NotGo => return Ok(false),
+                Class::Unsupported { reason, detail } => {
+                    if self.failed.insert(stamp) {
+                        *self.stats.attach_errors.entry(reason).or_default() += 1;
+                        log::warn!(
+                            "pid {pid}: cannot probe {}: {detail}",
+                            procfs::exe_target_of(exe.path()).display()
+                        );
+                    }
+                    return Ok(false);
+                }
+                Class::Go(plan) => plan,
+            };
         self.collect_detached(Some(stamp.key));
+        if self
+            .attached_stamps
+            .get(&stamp.key)
+            .is_some_and(|s| *s != stamp)
+        {
+            // Rewritten in place while attached: the old offsets must go
+            // before the new ones are placed.
+            log::warn!(
+                "{} changed on disk: re-attaching",
+                procfs::exe_target_of(exe.path()).display()
+            );
+            self.idle.remove(&stamp.key);
+            self.start_detach(stamp.key);
+            self.collect_detached(Some(stamp.key));
+        }
         if !self.engine.is_attached(&stamp.key) {
-            if let Err(e) = self.engine.attach(stamp.key, &exe, &plan) {
-                // A process that exited meanwhile is not an attach error.
-                if id.is_alive() && self.reported.insert(stamp) {
+            if let Err(e) = self.engine.attach(stamp.key, exe.path(), &plan) {
+                // A process that exited meanwhile is not an attach error; a
+                // real failure is not retried for this file version.
+                if id.is_alive() && self.failed.insert(stamp) {
                     *self.stats.attach_errors.entry("attach").or_default() += 1;
                     log::warn!("pid {pid}: {e}");
                 }
                 return Ok(false);
             }
+            self.attached_stamps.insert(stamp.key, stamp);
             log::info!(
                 "attached {} probes to {} ({})",
                 plan.probes.len(),
-                procfs::exe_target_of(&exe).display(),
+                procfs::exe_target_of(exe.path()).display(),
                 plan.go_version
             );
         }
         *self.refs.entry(stamp.key).or_default() += 1;
         self.idle.remove(&stamp.key);
+        let comm = procfs::comm(pid).unwrap_or_default();
+        let exe_name = procfs::exe_target_of(exe.path())
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string();
+        let cgroup = crate::identity::cgroup::read(pid).unwrap_or_default();
+        let group = self
+            .aggregate
+            .group(pid, &comm, &exe_name, &plan.go_version, &cgroup);
         let tracked = Tracked {
             id,
             stamp,
-            comm: procfs::comm(pid).unwrap_or_default(),
-            exe: procfs::exe_target_of(&exe)
-                .to_string_lossy()
-                .trim_end_matches(" (deleted)")
-                .to_string(),
+            tracked_at_ns: now_ns,
+            last_seen: ProcStats::ZERO,
+            group,
+            comm,
+            exe: exe_name,
             go_version: plan.go_version.clone(),
-            cgroup: crate::identity::cgroup::read(pid).unwrap_or_default(),
+            cgroup,
         };
         self.processes.insert(pid, tracked);
         Ok(true)
@@ -252,18 +328,20 @@ impl Tracker {
 
     /// Stops tracking `pid`: keeps its final counts for its group, drops its
     /// kernel map entry, and detaches its binary if nothing else runs it.
-    pub fn exited(&mut self, pid: u32) -> Result<(), EngineError> {
+    /// `exec`: the process replaced its image; the kernel already reset its
+    /// counters, so the last values read are its final ones.
+    pub fn exited(&mut self, pid: u32, exec: bool) -> Result<(), EngineError> {
         let Some(t) = self.processes.remove(&pid) else {
             return Ok(());
         };
         if self.aggregate != Aggregate::Process {
-            let group = self.group_of(pid, &t);
-            let live_peer = self
-                .processes
-                .iter()
-                .any(|(p, o)| self.group_of(*p, o) == group);
+            let group = t.group.clone();
+            let live_peer = self.processes.values().any(|o| o.group == group);
             if live_peer {
-                let last = self.engine.stats(pid)?.unwrap_or(ProcStats::ZERO);
+                let mut last = t.last_seen;
+                if !exec && let Some(s) = self.engine.stats(pid)? {
+                    last = s;
+                }
                 self.retired
                     .entry(group)
                     .or_insert(ProcStats::ZERO)
@@ -272,7 +350,9 @@ impl Tracker {
                 self.retired.remove(&group);
             }
         }
-        self.engine.forget_process(pid)?;
+        if !exec {
+            self.engine.forget_process(pid)?;
+        }
         if let Some(n) = self.refs.get_mut(&t.stamp.key) {
             *n -= 1;
             if *n == 0 {
@@ -305,6 +385,8 @@ impl Tracker {
             self.engine.release_sites(sites);
             self.detacher.in_flight.remove(&key);
         }
+        let engine = &self.engine;
+        self.attached_stamps.retain(|k, _| engine.is_attached(k));
         let Some(key) = wait_for else { return };
         while self.detacher.in_flight.contains(&key) {
             match self.detacher.done.recv() {
@@ -322,12 +404,18 @@ impl Tracker {
         self.detacher.in_flight.len()
     }
 
-    /// Handles one exec/exit event from the kernel.
+    /// Handles one exec/exit event from the kernel. Events older than the
+    /// /proc read that tracked the process are stale: an exec it already
+    /// shows, or the exit of an earlier process with the same PID.
     pub fn on_event(&mut self, ev: &ProcEvent) -> Result<(), EngineError> {
+        let stale = self
+            .processes
+            .get(&ev.tgid)
+            .is_some_and(|t| ev.ktime_ns < t.tracked_at_ns);
         match ev.kind {
-            EVENT_EXEC => {
+            EVENT_EXEC if !stale => {
                 // Same PID, new image: the old one is gone.
-                self.exited(ev.tgid)?;
+                self.exited(ev.tgid, true)?;
                 if self.consider(ev.tgid)? {
                     let latency = Duration::from_nanos(monotonic_ns().saturating_sub(ev.ktime_ns));
                     self.stats.last_exec_to_tracked = Some(latency);
@@ -335,7 +423,7 @@ impl Tracker {
                         self.stats.max_exec_to_tracked.max(Some(latency));
                 }
             }
-            EVENT_EXIT => self.exited(ev.tgid)?,
+            EVENT_EXIT if !stale => self.exited(ev.tgid, false)?,
             _ => {}
         }
         Ok(())
@@ -353,7 +441,7 @@ impl Tracker {
             .map(|(p, _)| *p)
             .collect();
         for pid in gone {
-            self.exited(pid)?;
+            self.exited(pid, false)?;
         }
         let mut in_use = HashSet::new();
         for pid in pids {
@@ -381,12 +469,13 @@ impl Tracker {
         }
         self.collect_detached(None);
         self.classes.retain(|s| in_use.contains(s));
-        self.reported.retain(|s| in_use.contains(s));
+        self.failed.retain(|s| in_use.contains(s));
         self.stats.sweeps += 1;
         self.stats.last_sweep = started.elapsed();
         Ok(())
     }
 
+    /// Output labels of a tracked process, names resolved now.
     fn labels_of(&self, pid: u32, t: &Tracked) -> Labels {
         // A container id alone also finds its pod (cgroup layouts that name
         // no pod).
@@ -410,33 +499,38 @@ impl Tracker {
             namespace,
             container,
         ];
-        LABELS.iter().copied().zip(values).collect()
-    }
-
-    fn group_of(&self, pid: u32, t: &Tracked) -> Labels {
         let aggregate = self.aggregate;
-        self.labels_of(pid, t)
-            .into_iter()
+        LABELS
+            .iter()
+            .copied()
+            .zip(values)
             .filter(|(k, _)| aggregate.keeps(k))
             .collect()
     }
 
-    /// Current counters per label set (after aggregation).
-    pub fn snapshot(&self) -> Result<Vec<(Labels, ProcStats)>, EngineError> {
-        let mut groups: BTreeMap<Labels, ProcStats> = BTreeMap::new();
-        for (&pid, t) in &self.processes {
-            let stats = self.engine.stats(pid)?.unwrap_or(ProcStats::ZERO);
+    /// Current counters per label set (after aggregation). Remembers each
+    /// process's counters (see `Tracked::last_seen`).
+    pub fn snapshot(&mut self) -> Result<Vec<(Labels, ProcStats)>, EngineError> {
+        let mut groups: BTreeMap<Labels, (ProcStats, u32)> = BTreeMap::new();
+        for (&pid, t) in self.processes.iter_mut() {
+            if let Some(stats) = self.engine.stats(pid)? {
+                t.last_seen = stats;
+            }
             groups
-                .entry(self.group_of(pid, t))
-                .or_insert(ProcStats::ZERO)
-                .accumulate(&stats);
+                .entry(t.group.clone())
+                .or_insert((ProcStats::ZERO, pid))
+                .0
+                .accumulate(&t.last_seen);
         }
         for (group, stats) in &self.retired {
             if let Some(g) = groups.get_mut(group) {
-                g.accumulate(stats);
+                g.0.accumulate(stats);
             }
         }
-        Ok(groups.into_iter().collect())
+        Ok(groups
+            .into_values()
+            .map(|(stats, pid)| (self.labels_of(pid, &self.processes[&pid]), stats))
+            .collect())
     }
 
     /// The eBPF self-counters.

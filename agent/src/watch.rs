@@ -16,7 +16,7 @@ use crate::{
     binary::GoBinary,
     ebpf::{Engine, EngineOptions},
     plan::{self, PlanOptions, ProbePlan},
-    procfs::{self, BinaryKey, ProcessId},
+    procfs::{self, BinaryKey, OpenExe, ProcessId},
     report::{OutputFormat, ProcessInfo, Reporter},
 };
 
@@ -51,7 +51,8 @@ fn plan_binary(path: &Path, what: &str, opts: PlanOptions) -> Result<ProbePlan> 
 pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
     let mut reporter = Reporter::new(opts.output, out);
     // Plan everything before loading: bad input fails before touching the kernel.
-    let mut binaries: BTreeMap<BinaryKey, (PathBuf, ProbePlan)> = BTreeMap::new();
+    // Each executable is opened once and used through that descriptor.
+    let mut binaries: BTreeMap<BinaryKey, (OpenExe, ProbePlan)> = BTreeMap::new();
     let mut watched: HashMap<u32, Watched> = HashMap::new();
     let binary_version;
     match &opts.target {
@@ -60,12 +61,13 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
             for &pid in pids {
                 let id = ProcessId::of(pid)?;
                 let comm = procfs::comm(pid)?;
-                let key = procfs::exe_key(pid)?;
+                let exe = procfs::open_exe(pid)?;
+                let key = BinaryKey::of_file(exe.file())
+                    .with_context(|| format!("pid {pid}: reading its executable"))?;
                 let what = format!("pid {pid} ({comm})");
                 if let std::collections::btree_map::Entry::Vacant(slot) = binaries.entry(key) {
-                    let path = procfs::exe_path(pid);
-                    let plan = plan_binary(&path, &what, opts.plan)?;
-                    slot.insert((path, plan));
+                    let plan = plan_binary(exe.path(), &what, opts.plan)?;
+                    slot.insert((exe, plan));
                 }
                 let go_version = binaries[&key].1.go_version.clone();
                 watched.insert(
@@ -84,11 +86,12 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
             }
         }
         Target::Binary(path) => {
-            let key = BinaryKey::of_path(path)
-                .with_context(|| format!("cannot open {}", path.display()))?;
-            let plan = plan_binary(path, &path.display().to_string(), opts.plan)?;
+            let what = path.display().to_string();
+            let exe = OpenExe::open(path).with_context(|| what.clone())?;
+            let key = BinaryKey::of_file(exe.file()).with_context(|| what.clone())?;
+            let plan = plan_binary(exe.path(), &what, opts.plan)?;
             binary_version = Some(plan.go_version.clone());
-            binaries.insert(key, (path.clone(), plan));
+            binaries.insert(key, (exe, plan));
         }
     }
 
@@ -97,8 +100,8 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
     for pid in watched.keys() {
         engine.watch_pid(*pid)?;
     }
-    for (key, (path, plan)) in &binaries {
-        let summary = engine.attach(*key, path, plan)?;
+    for (key, (exe, plan)) in &binaries {
+        let summary = engine.attach(*key, exe.path(), plan)?;
         let entry = plan
             .probes
             .iter()
@@ -107,7 +110,7 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
         eprintln!(
             "goalloc: attached {} probes to {} ({}, {:?} scheme, {} at function entry)",
             summary.probes,
-            procfs::exe_target_of(path).display(),
+            procfs::exe_target_of(exe.path()).display(),
             plan.go_version,
             plan.scheme,
             entry,
@@ -142,7 +145,16 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
         last_tick = now;
 
         if let Some(version) = &binary_version {
-            discover(&engine, &mut watched, version)?;
+            for (pid, total) in discover(&engine, &mut watched, version)? {
+                let info = ProcessInfo {
+                    pid,
+                    comm: "?".into(),
+                    go_version: version.clone(),
+                };
+                reporter.total(&info, &total, seconds, true)?;
+                // Also frees the slot before the PID can be reused.
+                engine.forget_process(pid)?;
+            }
         }
         let mut pids: Vec<u32> = watched.keys().copied().collect();
         pids.sort_unstable();
@@ -181,14 +193,20 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
 }
 
 /// Starts reporting processes of the watched binary that showed up in the
-/// kernel map since the last tick.
-fn discover(engine: &Engine, watched: &mut HashMap<u32, Watched>, go_version: &str) -> Result<()> {
-    for (pid, _) in engine.all_stats()? {
+/// kernel map since the last tick. Returns those that also exited since:
+/// their counts are final and they are reported once, as totals.
+fn discover(
+    engine: &Engine,
+    watched: &mut HashMap<u32, Watched>,
+    go_version: &str,
+) -> Result<Vec<(u32, ProcStats)>> {
+    let mut gone = Vec::new();
+    for (pid, stats) in engine.all_stats()? {
         if watched.contains_key(&pid) {
             continue;
         }
         let Ok(id) = ProcessId::of(pid) else {
-            // Exited before we saw it: nothing identifies it any more.
+            gone.push((pid, stats));
             continue;
         };
         let comm = procfs::comm(pid).unwrap_or_default();
@@ -206,7 +224,7 @@ fn discover(engine: &Engine, watched: &mut HashMap<u32, Watched>, go_version: &s
             },
         );
     }
-    Ok(())
+    Ok(gone)
 }
 
 /// `a - b`, field by field (counters only grow).

@@ -55,6 +55,11 @@ fn errors_are_one_clear_line() {
     assert_one_line_error(&["watch", "--binary", "/bin/sh"], "not a Go executable");
     assert_one_line_error(&["inspect", "/bin/sh"], "not a Go executable");
     assert_one_line_error(&["watch"], "nothing to watch");
+    assert_one_line_error(&["watch", "--pid", "abc"], "invalid value 'abc'");
+    assert_one_line_error(
+        &["watch", "--pid", "1", "--binary", "/bin/sh"],
+        "cannot be used with",
+    );
     assert_one_line_error(
         &["watch", "--binary", "/bin/sh", "--interval", "0s"],
         "--interval",

@@ -377,6 +377,18 @@ fn churn_returns_to_baseline() {
         probes(&all)
     );
     assert!(hwm < 200 * 1024, "agent peak RSS {hwm} KiB >= 200 MiB");
+    // The agent followed the churn: most short-lived processes were counted
+    // in the kernel and seen in /metrics (the rest lived between two scrapes).
+    assert!(
+        in_kernel.len() * 10 >= TOTAL * 9,
+        "only {} of {TOTAL} in the kernel map",
+        in_kernel.len()
+    );
+    assert!(
+        tracked.len() * 2 >= TOTAL,
+        "only {} of {TOTAL} seen in /metrics",
+        tracked.len()
+    );
 }
 
 /// An instant query against Prometheus's HTTP API: its `data.result`.
