@@ -36,13 +36,29 @@ fn toolchains() -> Vec<PathBuf> {
         .collect()
 }
 
-/// Go's own pclntab reader, built once with the newest toolchain.
+/// `go env GOVERSION` as comparable numbers ("go1.27.3" -> [1, 27, 3]).
+fn go_version(go: &Path) -> Vec<u32> {
+    let out = Command::new(go)
+        .args(["env", "GOVERSION"])
+        .env("GOTOOLCHAIN", "local")
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", go.display()));
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .trim_start_matches("go")
+        .split(|c: char| !c.is_ascii_digit())
+        .map_while(|n| n.parse().ok())
+        .collect()
+}
+
+/// Go's own pclntab reader, built once with the newest toolchain: an older
+/// debug/gosym does not know the newer table formats.
 fn symdump() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
         let go = toolchains()
             .into_iter()
-            .max_by_key(|g| g.to_string_lossy().into_owned())
+            .max_by_key(|g| go_version(g))
             .unwrap();
         let out = std::env::temp_dir().join(format!("goalloc-symdump-{}", std::process::id()));
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/go/symdump/main.go");

@@ -70,6 +70,11 @@ func main() {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
+	if len(table.Funcs) == 0 {
+		// An older debug/gosym reads a newer table format as empty.
+		fmt.Fprintln(os.Stderr, "debug/gosym found no functions: build symdump with a Go at least as new as the binary")
+		os.Exit(1)
+	}
 	for _, fn := range table.Funcs {
 		fmt.Printf("%s %d %d\n", fn.Name, fn.Entry, fn.End)
 	}
