@@ -32,8 +32,17 @@ if [[ -z $CARGO_FUZZ ]]; then
     echo "cargo-fuzz not found: cargo install cargo-fuzz --locked --root $root/.cache/tools" >&2
     exit 1
 fi
-# cargo-fuzz runs `cargo` from PATH: make it the nightly one.
-fuzz() { RUSTUP_TOOLCHAIN=nightly "$CARGO_FUZZ" fuzz "$@"; }
+# cargo-fuzz runs `cargo` from PATH: make it the nightly one, also when PATH
+# starts with another toolchain's bin/ (as under `cargo xtask`).
+if ! nightly_cargo=$(rustup which --toolchain nightly cargo 2>/dev/null); then
+    echo "Rust nightly is not installed (cargo-fuzz needs it): rustup toolchain install nightly" >&2
+    exit 1
+fi
+nightly_bin=$(dirname "$nightly_cargo")
+fuzz() {
+    env -u CARGO -u RUSTC -u RUSTDOC -u CARGO_TARGET_DIR RUSTUP_TOOLCHAIN=nightly \
+        PATH="$nightly_bin:$PATH" "$CARGO_FUZZ" fuzz "$@"
+}
 features=()
 [[ -n ${FUZZ_FEATURES:-} ]] && features=(--features "$FUZZ_FEATURES")
 

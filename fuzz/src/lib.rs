@@ -5,8 +5,8 @@
 //! only the dependencies they use: the `goalloc` crate as a whole pulls in
 //! kube, tokio, aya and a build script that compiles the eBPF programs, which
 //! makes a cold sanitizer build several times slower. `--features crate`
-//! fuzzes the real `goalloc` crate instead (same code, slower build); CI
-//! checks that both build. If these modules start using another module of
+//! fuzzes the real `goalloc` crate instead (same code, slower build; CI
+//! builds only the default). If these modules start using another module of
 //! the agent, add it below or build with `--features crate`.
 
 #[cfg(feature = "crate")]

@@ -7,6 +7,7 @@
 mod bench;
 mod demo;
 mod fixtures;
+mod fuzz;
 mod setup;
 mod test;
 mod util;
@@ -23,11 +24,13 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install what the build and the tests need (Debian packages, bpf-linker, Go toolchains).
+    /// Install what the build and the tests need (Debian packages, bpf-linker, Go toolchains,
+    /// kubernetes-validate, cargo-fuzz).
     Setup,
     /// Build the Go programs of tests/go/ for each Go variant (GOALLOC_MATRIX=full: all).
     Fixtures,
-    /// setup + fixtures + cargo fmt --check + clippy + cargo test (args after `--` go to cargo test).
+    /// setup + fixtures + cargo fmt --check + clippy + cargo test + fuzz smoke (args after `--`
+    /// go to cargo test; GOALLOC_SKIP_FUZZ=1 skips the fuzz smoke).
     Test {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
@@ -67,7 +70,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     let ctx = util::Ctx::new()?;
     match cli.cmd {
-        Cmd::Setup => setup::setup(&ctx),
+        Cmd::Setup => setup::setup_for_tests(&ctx),
         Cmd::Fixtures => fixtures::fixtures(&ctx),
         Cmd::Test { cargo_test_args } => test::test(&ctx, &cargo_test_args),
         Cmd::Demo { goalloc_args } => demo::demo(&ctx, &goalloc_args),

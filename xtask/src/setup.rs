@@ -1,4 +1,5 @@
-//! `cargo xtask setup`: Debian packages, bpf-linker and the Go toolchains.
+//! `cargo xtask setup`: Debian packages, bpf-linker, the Go toolchains,
+//! kubernetes-validate and cargo-fuzz.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -56,8 +57,14 @@ pub fn setup(ctx: &Ctx) -> Result<()> {
     for version in GO_VERSIONS {
         go_toolchain(ctx, &mut apt, version)?;
     }
-    python_tools(ctx)?;
     Ok(())
+}
+
+/// [`setup`] plus what only the tests use: kubernetes-validate and cargo-fuzz.
+pub fn setup_for_tests(ctx: &Ctx) -> Result<()> {
+    setup(ctx)?;
+    python_tools(ctx)?;
+    crate::fuzz::install_cargo_fuzz(ctx)
 }
 
 /// `<cache>/venv-tools` with kubernetes-validate, for the manifest tests.

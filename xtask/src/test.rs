@@ -1,4 +1,4 @@
-//! `cargo xtask test`: setup, fixtures, fmt, clippy, cargo test.
+//! `cargo xtask test`: setup, fixtures, fmt, clippy, cargo test, fuzz smoke.
 
 use std::ffi::OsString;
 
@@ -8,7 +8,7 @@ use crate::util::{Ctx, run};
 use crate::{fixtures, setup};
 
 pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
-    setup::setup(ctx)?;
+    setup::setup_for_tests(ctx)?;
     fixtures::fixtures(ctx)?;
 
     // The same environment for every cargo step, so build scripts that watch an
@@ -63,10 +63,14 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
         &["test", "--workspace"]
     };
     step("cargo test", test_args, cargo_test_args);
+    if let Err(e) = crate::fuzz::smoke(ctx) {
+        eprintln!("test: fuzz smoke failed: {e:#}");
+        failed.push("fuzz smoke");
+    }
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
     }
-    println!("test: fmt, clippy and cargo test passed");
+    println!("test: fmt, clippy, cargo test and the fuzz smoke passed");
     Ok(())
 }
 

@@ -28,6 +28,11 @@ pub use pclntab::{PclnHeader, PclnVersion, PclntabError};
 pub use version::GoVersion;
 
 use buildinfo::{BUILDINFO_ALIGN, BUILDINFO_MAGIC};
+
+/// Most candidates the section-less scans parse in full. A Go binary has one
+/// build info and one function table (two or so if it embeds another Go
+/// binary); the cap keeps a crafted file from making the scans quadratic.
+const MAX_SCAN_CANDIDATES: usize = 16;
 use elf::{EM_AARCH64, EM_X86_64, Elf, ElfError, STT_FUNC};
 use moduledata::PointerReader;
 
@@ -428,6 +433,7 @@ fn read_build_info(elf: &Elf, data: &[u8]) -> Result<BuildInfo, BinaryError> {
         return Ok(parse_build_info(blob, read)?);
     }
     let mut first_err = None;
+    let mut tried = 0;
     for seg in elf
         .load_segments()
         .filter(|s| s.is_writable() && !s.is_exec())
@@ -442,6 +448,10 @@ fn read_build_info(elf: &Elf, data: &[u8]) -> Result<BuildInfo, BinaryError> {
                 break;
             }
             if rest.starts_with(BUILDINFO_MAGIC) {
+                tried += 1;
+                if tried > MAX_SCAN_CANDIDATES {
+                    break;
+                }
                 match parse_build_info(rest, read) {
                     Ok(bi) => return Ok(bi),
                     Err(e) => {
@@ -501,6 +511,7 @@ fn load_pclntab(
     let mut too_old = None;
     let mut first_err = None;
     let mut valid: Vec<Candidate<'_>> = Vec::new();
+    let mut parsed = 0;
     let mut segs: Vec<_> = elf.load_segments().collect();
     segs.sort_by_key(|s| s.is_exec()); // data segments first
     for seg in segs {
@@ -528,6 +539,10 @@ fn load_pclntab(
                 }
             };
             // Structural check with a zero base (offsets only).
+            parsed += 1;
+            if parsed > MAX_SCAN_CANDIDATES {
+                break;
+            }
             match pclntab::parse_functions(bytes, &header, 0) {
                 Ok(f) if f.iter().any(|f| f.name.starts_with("runtime.")) => {}
                 Ok(_) => continue,
