@@ -10,7 +10,7 @@ use std::{
     time::Duration,
 };
 
-use agent_common::ProcEvent;
+use agent_common::{EVENT_EXEC, ProcEvent};
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
 use tokio::{
@@ -19,10 +19,12 @@ use tokio::{
 };
 
 use crate::{
+    classify::Classifier,
     ebpf::{Engine, EngineOptions},
     identity,
     metrics::{CONTENT_TYPE, Metrics},
     plan::PlanOptions,
+    procfs,
     tracker::{Aggregate, Tracker},
 };
 
@@ -104,7 +106,11 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("polling the process event ring buffer: {e}"))?;
     // Events first, then the sweep: a process that starts during the sweep is
     // caught by one or the other.
-    sweep(&tracker)?;
+    let classifier = tracker
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .classifier();
+    sweep(&tracker, &classifier).await?;
     http.ready.store(true, Ordering::Relaxed);
     {
         let t = tracker.lock().unwrap_or_else(|p| p.into_inner());
@@ -138,12 +144,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                     out
                 };
                 guard.clear_ready();
-                let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                for ev in &events {
-                    t.on_event(ev)?;
-                }
+                let tracker = tracker.clone();
+                let classifier = classifier.clone();
+                blocking(move || {
+                    for ev in events.iter().filter(|ev| ev.kind == EVENT_EXEC) {
+                        classifier.warm(ev.tgid);
+                    }
+                    let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+                    events.iter().try_for_each(|ev| t.on_event(ev))
+                })
+                .await?;
             }
-            _ = sweeper.tick() => sweep(&tracker)?,
+            _ = sweeper.tick() => sweep(&tracker, &classifier).await?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -176,7 +188,28 @@ async fn pod_metadata(tracker: Arc<Mutex<Tracker>>) {
     }
 }
 
-fn sweep(tracker: &Arc<Mutex<Tracker>>) -> Result<()> {
-    tracker.lock().unwrap_or_else(|p| p.into_inner()).sweep()?;
+/// The /proc sweep, off the async workers. New executables are read and
+/// planned before the tracker is locked, so scrapes do not wait for them.
+async fn sweep(tracker: &Arc<Mutex<Tracker>>, classifier: &Classifier) -> Result<()> {
+    let tracker = tracker.clone();
+    let classifier = classifier.clone();
+    blocking(move || {
+        for pid in procfs::all_pids().unwrap_or_default() {
+            classifier.warm(pid);
+        }
+        tracker.lock().unwrap_or_else(|p| p.into_inner()).sweep()
+    })
+    .await
+}
+
+/// Runs tracker work (/proc reads, ELF parsing, uprobe attach) on the
+/// blocking pool.
+async fn blocking<E>(work: impl FnOnce() -> Result<(), E> + Send + 'static) -> Result<()>
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    tokio::task::spawn_blocking(work)
+        .await
+        .context("tracker task panicked")??;
     Ok(())
 }

@@ -2,14 +2,20 @@
 //! probe? Results are cached per file version, so each executable on the node
 //! is read at most once however many processes run it.
 
-use std::{collections::HashMap, fs::File, os::unix::fs::MetadataExt, path::Path, sync::Arc};
+use std::{
+    collections::HashMap,
+    fs::File,
+    os::unix::fs::MetadataExt,
+    path::Path,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use object::{Object, ObjectSection, read::ReadCache};
 
 use crate::{
     binary::GoBinary,
     plan::{self, PlanOptions, ProbePlan},
-    procfs::BinaryKey,
+    procfs::{self, BinaryKey},
 };
 
 /// One version of a file: the inode plus what changes when it is rewritten.
@@ -123,6 +129,14 @@ impl ClassCache {
             .clone()
     }
 
+    fn get(&self, stamp: &FileStamp) -> Option<Class> {
+        self.entries.get(stamp).cloned()
+    }
+
+    fn insert(&mut self, stamp: FileStamp, class: Class) {
+        self.entries.insert(stamp, class);
+    }
+
     /// Forgets files no longer in use, keeping the cache bounded by what runs.
     pub fn retain(&mut self, mut keep: impl FnMut(&FileStamp) -> bool) {
         self.entries.retain(|k, _| keep(k));
@@ -134,6 +148,45 @@ impl ClassCache {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+}
+
+/// The classification cache, shared between the tracker and [`Classifier`].
+#[derive(Clone, Default)]
+pub struct SharedClassCache(Arc<Mutex<ClassCache>>);
+
+impl SharedClassCache {
+    pub fn lock(&self) -> MutexGuard<'_, ClassCache> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Classifies processes' executables ahead of the tracker, without holding
+/// its lock: reading and planning a large binary takes tens to hundreds of
+/// milliseconds, and scrapes and events should not wait for it.
+#[derive(Clone)]
+pub struct Classifier {
+    pub(crate) cache: SharedClassCache,
+    pub(crate) opts: PlanOptions,
+}
+
+impl Classifier {
+    /// Fills the cache for the executable of `pid`; returns whether it had
+    /// to be read (not cached yet). Vanished or unreadable processes are left
+    /// to the tracker.
+    pub fn warm(&self, pid: u32) -> bool {
+        let Ok(exe) = procfs::open_exe(pid) else {
+            return false;
+        };
+        let Ok(stamp) = FileStamp::of_file(exe.file()) else {
+            return false;
+        };
+        if self.cache.lock().get(&stamp).is_some() {
+            return false;
+        }
+        let class = classify(exe.path(), self.opts);
+        self.cache.lock().insert(stamp, class);
+        true
     }
 }
 
@@ -156,6 +209,27 @@ mod tests {
             classify(&script, PlanOptions::default()),
             Class::NotGo
         ));
+    }
+
+    #[test]
+    fn classifier_fills_the_shared_cache_once() {
+        let classifier = Classifier {
+            cache: SharedClassCache::default(),
+            opts: PlanOptions::default(),
+        };
+        let me = std::process::id();
+        assert!(classifier.warm(me));
+        assert!(!classifier.warm(me), "second call must hit the cache");
+        assert_eq!(classifier.cache.lock().len(), 1);
+        // The test binary is Rust, not Go.
+        let exe = procfs::open_exe(me).unwrap();
+        let stamp = FileStamp::of_file(exe.file()).unwrap();
+        assert!(matches!(
+            classifier.cache.lock().get(&stamp),
+            Some(Class::NotGo)
+        ));
+        // A PID that does not exist is left alone.
+        assert!(!classifier.warm(u32::MAX));
     }
 
     #[test]

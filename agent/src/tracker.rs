@@ -17,7 +17,7 @@ use std::{
 use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, ProcStats, counter};
 
 use crate::{
-    classify::{Class, ClassCache, FileStamp},
+    classify::{Class, Classifier, FileStamp, SharedClassCache},
     ebpf::{Detached, Engine, EngineError},
     identity::{cgroup::CgroupIdentity, kube::PodIndex},
     plan::{PlanOptions, ProbePlan},
@@ -159,7 +159,7 @@ pub struct Tracker {
     /// program restarted in a loop is not detached and re-attached each time.
     detach_grace: Duration,
     pods: Option<PodIndex>,
-    classes: ClassCache,
+    classes: SharedClassCache,
     /// Processes per attached binary.
     refs: HashMap<BinaryKey, usize>,
     /// Attached binaries without processes, since when.
@@ -191,7 +191,7 @@ impl Tracker {
             aggregate,
             detach_grace,
             pods,
-            classes: ClassCache::default(),
+            classes: SharedClassCache::default(),
             refs: HashMap::new(),
             idle: HashMap::new(),
             detacher: Detacher::new(),
@@ -206,6 +206,15 @@ impl Tracker {
     /// Pod metadata became available (the API server answered).
     pub fn set_pods(&mut self, pods: PodIndex) {
         self.pods = Some(pods);
+    }
+
+    /// A handle that classifies executables into this tracker's cache
+    /// without its lock (see [`Classifier`]).
+    pub fn classifier(&self) -> Classifier {
+        Classifier {
+            cache: self.classes.clone(),
+            opts: self.plan_opts,
+        }
     }
 
     pub fn engine(&self) -> &Engine {
@@ -248,24 +257,24 @@ impl Tracker {
         if self.failed.contains(&stamp) {
             return Ok(false);
         }
-        let plan: Arc<ProbePlan> =
-            match self
-                .classes
-                .get_or_classify(stamp, exe.path(), self.plan_opts)
-            {
-                Class::NotGo => return Ok(false),
-                Class::Unsupported { reason, detail } => {
-                    if self.failed.insert(stamp) {
-                        *self.stats.attach_errors.entry(reason).or_default() += 1;
-                        log::warn!(
-                            "pid {pid}: cannot probe {}: {detail}",
-                            procfs::exe_target_of(exe.path()).display()
-                        );
-                    }
-                    return Ok(false);
+        let class = self
+            .classes
+            .lock()
+            .get_or_classify(stamp, exe.path(), self.plan_opts);
+        let plan: Arc<ProbePlan> = match class {
+            Class::NotGo => return Ok(false),
+            Class::Unsupported { reason, detail } => {
+                if self.failed.insert(stamp) {
+                    *self.stats.attach_errors.entry(reason).or_default() += 1;
+                    log::warn!(
+                        "pid {pid}: cannot probe {}: {detail}",
+                        procfs::exe_target_of(exe.path()).display()
+                    );
                 }
-                Class::Go(plan) => plan,
-            };
+                return Ok(false);
+            }
+            Class::Go(plan) => plan,
+        };
         self.collect_detached(Some(stamp.key));
         if self
             .attached_stamps
@@ -468,7 +477,7 @@ impl Tracker {
             self.start_detach(key);
         }
         self.collect_detached(None);
-        self.classes.retain(|s| in_use.contains(s));
+        self.classes.lock().retain(|s| in_use.contains(s));
         self.failed.retain(|s| in_use.contains(s));
         self.stats.sweeps += 1;
         self.stats.last_sweep = started.elapsed();
