@@ -36,6 +36,8 @@ pub struct Options {
     pub entry_n: u64,
     /// Runs per measurement; the median ns/alloc is shown.
     pub repeat: usize,
+    /// Every flavour of the matrix, not only the default builds.
+    pub all_flavours: bool,
 }
 
 struct Case<'a> {
@@ -68,7 +70,12 @@ struct Run {
 
 pub fn bench(ctx: &Ctx, opts: &Options) -> Result<()> {
     setup::setup(ctx)?;
-    let variants = fixtures::matrix(ctx)?;
+    let mut variants = fixtures::matrix(ctx)?;
+    // The probe cost depends on the Go version and malloc scheme, hardly on
+    // how the binary was linked: one build of each by default.
+    if !opts.all_flavours {
+        variants.retain(|v| v.flavour.name == "default");
+    }
     let mut bins = Vec::new();
     for v in &variants {
         bins.push((v.label.clone(), fixtures::build(ctx, v, "bench")?.0));

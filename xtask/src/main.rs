@@ -52,6 +52,10 @@ enum Cmd {
         /// Runs per measurement (the median is shown).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
+        /// Every build flavour (stripped, PIE, cgo...) of every Go, not only
+        /// the default build of each Go and experiment (5x longer).
+        #[arg(long)]
+        all_flavours: bool,
     },
 }
 
@@ -74,12 +78,18 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Fixtures => fixtures::fixtures(&ctx),
         Cmd::Test { cargo_test_args } => test::test(&ctx, &cargo_test_args),
         Cmd::Demo { goalloc_args } => demo::demo(&ctx, &goalloc_args),
-        Cmd::Bench { n, entry_n, repeat } => bench::bench(
+        Cmd::Bench {
+            n,
+            entry_n,
+            repeat,
+            all_flavours,
+        } => bench::bench(
             &ctx,
             &bench::Options {
                 n,
                 entry_n,
                 repeat: repeat.max(1),
+                all_flavours,
             },
         ),
     }
