@@ -679,3 +679,116 @@ fn restart_leaves_no_duplicate_attachments() {
     let status = b.unwrap().stop();
     assert!(status.success(), "agent B: {status}");
 }
+
+/// Unmounts the given mount points when dropped.
+struct UmountOnDrop(Vec<PathBuf>);
+
+impl Drop for UmountOnDrop {
+    fn drop(&mut self) {
+        for m in &self.0 {
+            let _ = Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+/// Two containers of one image: each runs the binary through its own
+/// overlayfs mount (a different device and inode from the host's view), but
+/// the uprobes land on the one real file, so the agent must attach once and
+/// count both processes separately and exactly.
+#[test]
+fn two_overlay_mounts_of_one_binary_share_one_attachment() {
+    if !require_bpf() {
+        return;
+    }
+    let tmp = tempfile::Builder::new()
+        .prefix("goalloc-overlay-")
+        .tempdir_in("/tmp")
+        .unwrap();
+    let lower = tmp.path().join("lower");
+    std::fs::create_dir(&lower).unwrap();
+    // A variant no other test of this file runs (see `uprobes_on`).
+    std::fs::copy(
+        variant("go1.25.5").program("fixture"),
+        lower.join("fixture"),
+    )
+    .unwrap();
+    let mut mounts = UmountOnDrop(Vec::new());
+    let mut programs = Vec::new();
+    for i in 0..2 {
+        let [upper, work, merged] =
+            ["upper", "work", "merged"].map(|d| tmp.path().join(format!("{d}{i}")));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir(d).unwrap();
+        }
+        let opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.display(),
+            upper.display(),
+            work.display()
+        );
+        let status = Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o", &opts])
+            .arg(&merged)
+            .status()
+            .unwrap();
+        assert!(
+            status.success(),
+            "mount -t overlay failed (overlayfs needed)"
+        );
+        mounts.0.push(merged.clone());
+        programs.push(merged.join("fixture"));
+    }
+    let dev = |p: &Path| std::os::unix::fs::MetadataExt::dev(&std::fs::metadata(p).unwrap());
+    assert_ne!(
+        dev(&programs[0]),
+        dev(&programs[1]),
+        "overlay mounts share a device"
+    );
+    let planned = planned_offsets(&programs[0]);
+
+    let mut agent = Agent::start();
+    agent.wait_ready();
+    // Container 1: started first and left stopped before its first phase.
+    let mut idle = Command::new(&programs[1])
+        .arg("-phases=small-scan")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let idle_guard = KillOnDrop::default();
+    idle_guard.arm(idle.id());
+    wait_tracked(&agent, idle.id(), Duration::from_millis(10));
+    let mut report = String::new();
+    // Container 0: runs its phases, counted exactly, next to container 1.
+    let table = fixture_counted(
+        &agent,
+        programs[0].to_str().unwrap(),
+        &["-phases=small-scan,goroutines"],
+        |pid, all| {
+            let runners = BTreeSet::from([pid, idle.id()]);
+            let (ids, offsets) = uprobes_on(agent.pid(), &programs[0], &runners);
+            assert_eq!(offsets, planned, "uprobes on the image's binary");
+            assert_eq!(
+                ids.len(),
+                planned.len(),
+                "one binary in two overlay mounts attached {} times",
+                ids.len() as f64 / planned.len() as f64
+            );
+            for p in runners {
+                let series = samples(all, "goalloc_allocations_total", &[("pid", &p.to_string())]);
+                assert_eq!(series.len(), 1, "pid {p}: {series:?}");
+            }
+            report = format!(
+                "two overlay mounts (devices {} and {}), one attachment: {} uprobes",
+                dev(&programs[0]),
+                dev(&programs[1]),
+                ids.len()
+            );
+        },
+    );
+    println!("{report}\n{table}");
+    idle_guard.disarm();
+    let _ = idle.kill();
+    let _ = idle.wait();
+    agent.stop();
+    drop(mounts);
+}
