@@ -29,12 +29,13 @@ pub use version::GoVersion;
 
 use buildinfo::{BUILDINFO_ALIGN, BUILDINFO_MAGIC};
 
+use elf::{EM_AARCH64, EM_X86_64, Elf, ElfError, STT_FUNC};
+use moduledata::PointerReader;
+
 /// Most candidates the section-less scans parse in full. A Go binary has one
 /// build info and one function table (two or so if it embeds another Go
 /// binary); the cap keeps a crafted file from making the scans quadratic.
 const MAX_SCAN_CANDIDATES: usize = 16;
-use elf::{EM_AARCH64, EM_X86_64, Elf, ElfError, STT_FUNC};
-use moduledata::PointerReader;
 
 /// CPU architecture of a binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
