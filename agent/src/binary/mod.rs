@@ -28,7 +28,6 @@ pub use pclntab::{PclnHeader, PclnVersion, PclntabError};
 pub use version::GoVersion;
 
 use buildinfo::{BUILDINFO_ALIGN, BUILDINFO_MAGIC};
-
 use elf::{EM_AARCH64, EM_X86_64, Elf, ElfError, STT_FUNC};
 use moduledata::PointerReader;
 
