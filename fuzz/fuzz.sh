@@ -13,8 +13,7 @@
 #                                      git-ignored) seeded from fuzz/seeds/TARGET
 #   fuzz/fuzz.sh targets               list the targets
 #
-# Environment: FUZZ_FEATURES="crate" fuzzes the real goalloc crate (slower
-# build, see src/lib.rs); CARGO_FUZZ (default: the project's
+# Environment: CARGO_FUZZ (default: the project's
 # .cache/tools/bin/cargo-fuzz, else cargo-fuzz on PATH).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,8 +42,6 @@ fuzz() {
     env -u CARGO -u RUSTC -u RUSTDOC -u CARGO_TARGET_DIR RUSTUP_TOOLCHAIN=nightly \
         PATH="$nightly_bin:$PATH" "$CARGO_FUZZ" fuzz "$@"
 }
-features=()
-[[ -n ${FUZZ_FEATURES:-} ]] && features=(--features "$FUZZ_FEATURES")
 
 # Per-target libFuzzer options.
 opts() {
@@ -63,11 +60,11 @@ opts() {
 cd "$here"
 case ${1:-} in
 build)
-    fuzz build -O -a "${features[@]}"
+    fuzz build -O -a
     ;;
 smoke)
     secs=${2:-20}
-    fuzz build -O -a "${features[@]}"
+    fuzz build -O -a
     log=$(mktemp)
     for t in "${targets[@]}"; do
         corpus=$(mktemp -d)
@@ -78,7 +75,7 @@ smoke)
         fi
         echo "=== fuzz smoke: $t ($limit)"
         # shellcheck disable=SC2046
-        if ! fuzz run -O -a "${features[@]}" "$t" "$corpus" "seeds/$t" -- \
+        if ! fuzz run -O -a "$t" "$corpus" "seeds/$t" -- \
             $(opts "$t") "$limit" >"$log" 2>&1; then
             tail -n 60 "$log"
             echo "fuzz smoke: $t FAILED (the input is saved under fuzz/artifacts/$t/)" >&2
@@ -97,7 +94,7 @@ run)
     shift $(( $# < 3 ? $# : 3 ))
     mkdir -p "corpus/$t"
     # shellcheck disable=SC2046
-    fuzz run -O -a "${features[@]}" "$t" "corpus/$t" "seeds/$t" -- \
+    fuzz run -O -a "$t" "corpus/$t" "seeds/$t" -- \
         $(opts "$t") -max_total_time="$secs" "$@"
     ;;
 targets)

@@ -18,12 +18,13 @@ use tokio::{
     signal::unix::{SignalKind, signal},
 };
 
+use gobinary::plan::PlanOptions;
+
 use crate::{
     classify::Classifier,
     ebpf::{Engine, EngineOptions},
     identity,
     metrics::{CONTENT_TYPE, Metrics},
-    plan::PlanOptions,
     procfs,
     tracker::{Aggregate, Tracker},
 };

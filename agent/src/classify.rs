@@ -12,11 +12,12 @@ use std::{
 
 use object::{Object, ObjectSection, read::ReadCache};
 
-use crate::{
+use gobinary::{
     binary::GoBinary,
     plan::{self, PlanOptions, ProbePlan},
-    procfs::{self, BinaryKey},
 };
+
+use crate::procfs::{self, BinaryKey};
 
 /// One version of a file: the inode plus what changes when it is rewritten.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -90,7 +91,7 @@ pub fn classify(path: &Path, opts: PlanOptions) -> Class {
     }
     let bin = match GoBinary::open(path) {
         Ok(b) => b,
-        Err(crate::binary::BinaryError::NotGo | crate::binary::BinaryError::NotElf) => {
+        Err(gobinary::binary::BinaryError::NotGo | gobinary::binary::BinaryError::NotElf) => {
             return Class::NotGo;
         }
         Err(e) => {

@@ -13,11 +13,9 @@ use aya::{
     },
 };
 
-use crate::{
-    plan::{ProbeKind, ProbePlan},
-    procfs::BinaryKey,
-    system,
-};
+use gobinary::plan::{ProbeKind, ProbePlan};
+
+use crate::{procfs::BinaryKey, system};
 
 /// The compiled eBPF object, built by build.rs from agent-ebpf.
 static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/goalloc.bpf.o"));

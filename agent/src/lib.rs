@@ -1,14 +1,11 @@
 //! goalloc: exact allocation and goroutine accounting for Go processes, from eBPF uprobes.
 
 pub mod agent;
-pub mod binary;
 pub mod classify;
 pub mod ebpf;
 pub mod identity;
 pub mod metrics;
-pub mod plan;
 pub mod procfs;
-pub mod prologue;
 pub mod report;
 pub mod system;
 pub mod tracker;

@@ -6,11 +6,13 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use goalloc::{
     agent::{self, AgentOptions},
-    binary::GoBinary,
-    plan::{self, PlanOptions},
     report::OutputFormat,
     tracker::Aggregate,
     watch::{self, WatchOptions},
+};
+use gobinary::{
+    GoBinary,
+    plan::{self, PlanOptions},
 };
 
 #[derive(Parser)]

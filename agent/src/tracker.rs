@@ -16,11 +16,12 @@ use std::{
 
 use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, ProcStats, counter};
 
+use gobinary::plan::{PlanOptions, ProbePlan};
+
 use crate::{
     classify::{Class, Classifier, FileStamp, SharedClassCache},
     ebpf::{Detached, Engine, EngineError},
     identity::{cgroup::CgroupIdentity, kube::PodIndex},
-    plan::{PlanOptions, ProbePlan},
     procfs::{self, BinaryKey, ProcessId},
 };
 

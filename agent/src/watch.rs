@@ -12,10 +12,13 @@ use agent_common::ProcStats;
 use anyhow::{Context, Result, bail};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::{
+use gobinary::{
     binary::GoBinary,
-    ebpf::{Engine, EngineOptions},
     plan::{self, PlanOptions, ProbePlan},
+};
+
+use crate::{
+    ebpf::{Engine, EngineOptions},
     procfs::{self, BinaryKey, OpenExe, ProcessId},
     report::{OutputFormat, ProcessInfo, Reporter},
 };
@@ -105,7 +108,7 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
         let entry = plan
             .probes
             .iter()
-            .filter(|p| p.placement == crate::prologue::Placement::Entry)
+            .filter(|p| p.placement == gobinary::prologue::Placement::Entry)
             .count();
         eprintln!(
             "goalloc: attached {} probes to {} ({}, {:?} scheme, {} at function entry)",

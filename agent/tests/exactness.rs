@@ -10,11 +10,13 @@ use std::cell::RefCell;
 use agent_common::{ProcStats, counter};
 use common::{Variant, parse_phases, require_bpf, run_with_stops, variant, variants};
 use goalloc::{
-    binary::GoBinary,
     ebpf::{Engine, EngineOptions},
-    plan::{self, AllocScheme, PlanOptions},
     procfs::BinaryKey,
     watch::diff,
+};
+use gobinary::{
+    GoBinary,
+    plan::{self, AllocScheme, PlanOptions},
 };
 
 /// The variants named in the foundation issue; the matrix test covers the rest.

@@ -5,10 +5,12 @@ mod common;
 
 use common::{require_bpf, run_with_stops, variants};
 use goalloc::{
-    binary::GoBinary,
     ebpf::{Engine, EngineOptions},
-    plan::{self, PlanOptions},
     procfs::BinaryKey,
+};
+use gobinary::{
+    GoBinary,
+    plan::{self, PlanOptions},
 };
 
 /// The fixture's output without the lines that carry timings or counts that

@@ -11,7 +11,7 @@ use std::{
     sync::OnceLock,
 };
 
-use goalloc::{
+use gobinary::{
     binary::{GoBinary, SymbolSource},
     plan::{self, PlanOptions, ProbeKind},
     prologue::Placement,
