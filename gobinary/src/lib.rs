@@ -9,5 +9,8 @@
 pub mod binary;
 pub mod plan;
 pub mod prologue;
+/// Synthetic function tables for tests and fuzz seeds (feature `synth`).
+#[cfg(any(test, feature = "synth"))]
+pub mod synth;
 
 pub use binary::{Arch, BinaryError, Function, GoBinary, GoVersion};

@@ -1,10 +1,11 @@
 //! Reading Go executables: ELF layout, build info, function addresses.
 //!
-//! [`GoBinary`] owns the bytes of a Go ELF executable (x86-64 or aarch64) and
-//! answers: which Go toolchain built it ([`BuildInfo`]), where each function
-//! is (link-time virtual addresses, from `.symtab` when present, otherwise
-//! from the Go function table `.gopclntab`), and the file offset of an
-//! address (what a uprobe is keyed by).
+//! [`GoBinary`] holds the bytes of a Go ELF executable (x86-64 or aarch64:
+//! a read-only mapping of the file, or bytes handed in) and answers: which Go
+//! toolchain built it ([`BuildInfo`]), where each function is (link-time
+//! virtual addresses, from `.symtab` when present, otherwise from the Go
+//! function table `.gopclntab`), which function holds an address, and the
+//! file offset of an address (what a uprobe is keyed by).
 //!
 //! Parsing never panics on malformed input: all reads are bounds-checked and
 //! failures are reported as [`BinaryError`].
@@ -21,10 +22,13 @@ mod tests;
 
 use std::collections::HashMap;
 use std::fmt;
+use std::fs::File;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 pub use buildinfo::{BuildInfo, BuildInfoError, parse_build_info};
-pub use pclntab::{PclnHeader, PclnVersion, PclntabError};
+pub use moduledata::{MODULEDATA_GO116, ModuledataLayout};
+pub use pclntab::{FuncLayout, PclnHeader, PclnVersion, PclntabError};
 pub use version::GoVersion;
 
 use buildinfo::{BUILDINFO_ALIGN, BUILDINFO_MAGIC};
@@ -175,9 +179,75 @@ impl From<ElfError> for BinaryError {
     }
 }
 
-/// A parsed Go executable. Owns the file bytes.
+/// An executable file mapped read-only into memory: the OS pages in only
+/// what is read (headers, the function table, a few functions' code), so a
+/// 50 MB binary costs little memory, and the agent may hold many.
+pub struct MappedFile {
+    map: memmap2::Mmap,
+}
+
+impl MappedFile {
+    /// Maps the file at `path` (`/proc/PID/exe` works), read-only and
+    /// private.
+    pub fn open(path: &Path) -> Result<MappedFile, BinaryError> {
+        let io = |source| BinaryError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = File::open(path).map_err(io)?;
+        // SAFETY: `Mmap` hands out a `&[u8]` that another process could
+        // change (or cut short) under us by writing the file; memmap2 cannot
+        // rule that out, hence `unsafe`. Why that is acceptable here:
+        // - we never write: the mapping is read-only and MAP_PRIVATE;
+        // - every read of these bytes is bounds-checked against the length
+        //   fixed when mapping, and no byte is trusted (the parsers are
+        //   fuzzed on arbitrary input), so content changed mid-parse yields
+        //   wrong values or a parse error, as reading a file while it is
+        //   rewritten would, never an out-of-bounds access;
+        // - the files are executables, normally of running processes, which
+        //   Linux refuses to open for writing (ETXTBSY); installers and image
+        //   layers replace files by rename, which leaves this mapping on the
+        //   old inode. Truncating the file in place would make reads of the
+        //   lost pages fault (SIGBUS): that needs a writer on a file being
+        //   executed, which already breaks the running process and goalloc's
+        //   uprobes on it (see README, "rewritten in place").
+        let map = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) };
+        Ok(MappedFile {
+            map: map.map_err(io)?,
+        })
+    }
+}
+
+impl Deref for MappedFile {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// Where the bytes of a [`GoBinary`] live.
+enum Storage {
+    /// Handed in by the caller ([`GoBinary::parse`]: tests, fuzzing).
+    Owned(Vec<u8>),
+    /// Mapped from the file ([`GoBinary::open`]).
+    Mapped(MappedFile),
+}
+
+impl Deref for Storage {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped(m) => m,
+        }
+    }
+}
+
+/// A parsed Go executable. Holds the file bytes (owned or mapped).
 pub struct GoBinary {
-    data: Vec<u8>,
+    data: Storage,
     elf: Elf,
     arch: Arch,
     build_info: BuildInfo,
@@ -185,6 +255,9 @@ pub struct GoBinary {
     /// One function per name, sorted by entry.
     functions: Vec<Function>,
     by_name: HashMap<String, usize>,
+    /// Every function of the source (names may repeat), sorted by entry,
+    /// non-empty and non-overlapping: what [`GoBinary::function_at`] searches.
+    by_addr: Vec<Function>,
 }
 
 impl fmt::Debug for GoBinary {
@@ -201,17 +274,23 @@ impl fmt::Debug for GoBinary {
 }
 
 impl GoBinary {
-    /// Reads and parses the file at `path` (`/proc/PID/exe` works).
+    /// Maps and parses the file at `path` (`/proc/PID/exe` works).
     pub fn open(path: &Path) -> Result<GoBinary, BinaryError> {
-        let data = std::fs::read(path).map_err(|source| BinaryError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        GoBinary::parse(data)
+        GoBinary::from_mapped(MappedFile::open(path)?)
+    }
+
+    /// Parses an executable already mapped (e.g. after a cheap look at its
+    /// headers).
+    pub fn from_mapped(file: MappedFile) -> Result<GoBinary, BinaryError> {
+        GoBinary::from_storage(Storage::Mapped(file))
     }
 
     /// Parses the bytes of an executable.
     pub fn parse(data: Vec<u8>) -> Result<GoBinary, BinaryError> {
+        GoBinary::from_storage(Storage::Owned(data))
+    }
+
+    fn from_storage(data: Storage) -> Result<GoBinary, BinaryError> {
         let elf = Elf::parse(&data)?;
         let arch = match elf.machine {
             EM_X86_64 => Arch::X86_64,
@@ -221,11 +300,13 @@ impl GoBinary {
         let build_info = read_build_info(&elf, &data)?;
 
         let symtab = symtab_functions(&elf, &data);
-        let (source, all) = if symtab.iter().any(|f| f.name.starts_with("runtime.")) {
-            (SymbolSource::Symtab, symtab)
+        let (source, all, by_addr) = if symtab.iter().any(|f| f.name.starts_with("runtime.")) {
+            let by_addr = address_index(symtab.clone());
+            (SymbolSource::Symtab, symtab, by_addr)
         } else {
             let (_, funcs) = load_pclntab(&elf, &data)?;
-            (SymbolSource::Pclntab, one_per_name_sized(funcs))
+            let by_addr = address_index(funcs.iter().map(|f| f.func.clone()).collect());
+            (SymbolSource::Pclntab, one_per_name_sized(funcs), by_addr)
         };
         let functions = one_per_name(all);
         let by_name = functions
@@ -241,6 +322,7 @@ impl GoBinary {
             source,
             functions,
             by_name,
+            by_addr,
         })
     }
 
@@ -282,6 +364,25 @@ impl GoBinary {
     /// All functions, one per name (as [`lookup`](Self::lookup) picks), by address.
     pub fn functions(&self) -> impl Iterator<Item = &Function> {
         self.functions.iter()
+    }
+
+    /// The function whose code holds `addr` (a link-time address):
+    /// `entry <= addr < end`. Unlike [`lookup`](Self::lookup), every entry
+    /// counts, so an address in an ABI0 wrapper finds the wrapper. With
+    /// `.symtab` a function ends at its exact size (alignment padding
+    /// belongs to none); from the Go function table, where the next begins.
+    /// `None` outside every function. O(log n).
+    pub fn function_at(&self, addr: u64) -> Option<&Function> {
+        let i = self.by_addr.partition_point(|f| f.entry <= addr);
+        self.by_addr.get(i.checked_sub(1)?).filter(|f| addr < f.end)
+    }
+
+    /// The functions [`function_at`](Self::function_at) searches: every
+    /// entry of the source (names may repeat), by address, non-empty and
+    /// non-overlapping (where `.symtab` entries overlap, e.g. aliases, the
+    /// lowest, then largest, then first by name is kept).
+    pub fn functions_by_address(&self) -> impl Iterator<Item = &Function> {
+        self.by_addr.iter()
     }
 
     /// File offset of `vaddr`: `vaddr - p_vaddr + p_offset` of the executable
@@ -372,6 +473,29 @@ fn symtab_functions(elf: &Elf, data: &[u8]) -> Vec<Function> {
             f.name = base.to_string();
         }
     }
+    funcs
+}
+
+/// Sorts `funcs` by address and drops empty ranges and those overlapping an
+/// earlier one (sorted by entry, then largest first), so that a binary search
+/// finds at most one function per address.
+fn address_index(mut funcs: Vec<Function>) -> Vec<Function> {
+    funcs.sort_by(|a, b| {
+        a.entry
+            .cmp(&b.entry)
+            .then_with(|| b.end.cmp(&a.end))
+            .then_with(|| a.name.cmp(&b.name))
+    });
+    let mut end = 0;
+    let mut first = true;
+    funcs.retain(|f| {
+        let keep = f.entry < f.end && (first || f.entry >= end);
+        if keep {
+            end = f.end;
+            first = false;
+        }
+        keep
+    });
     funcs
 }
 

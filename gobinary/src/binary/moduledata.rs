@@ -1,7 +1,8 @@
 //! Finding `runtime.firstmoduledata` in a Go binary's data, to learn where
 //! the Go text starts (the pclntab header stopped recording it in Go 1.26).
 //!
-//! `runtime.moduledata` starts (Go 1.16 and later) with:
+//! `runtime.moduledata` starts (Go 1.16 and later; see [`ModuledataLayout`])
+//! with:
 //! ```text
 //! word  0     pcHeader *pcHeader      (== address of the pclntab)
 //! words 1-3   funcnametab []byte      (ptr == pclntab + funcnameOffset)
@@ -25,13 +26,39 @@ use super::bytes::word;
 use super::elf::Elf;
 use super::pclntab::PclnHeader;
 
-const W_PCHEADER: u64 = 0;
-const W_FUNCNAMETAB: u64 = 1;
-const W_FTAB: u64 = 16;
-const W_MINPC: u64 = 20;
-const W_MAXPC: u64 = 21;
-const W_TEXT: u64 = 22;
-const W_ETEXT: u64 = 23;
+/// Where the fields of `runtime.moduledata` that we read lie, in pointer-sized
+/// words from its start (a slice is three words: pointer, length, capacity).
+///
+/// From `type moduledata` in Go's `runtime/symtab.go`, which the linker
+/// fills in field by field, in the same order, in `(*Link).symtab` of
+/// `cmd/link/internal/ld/symtab.go`. The prefix up to `etext` has been the same from Go 1.16 (when
+/// `pcHeader` became the first field) to Go 1.27; a version that moves it
+/// gets a layout of its own here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuledataLayout {
+    /// `pcHeader *pcHeader`: the address of the pclntab.
+    pub pc_header: u64,
+    /// `funcnametab []byte`: its pointer is pclntab + funcnameOffset.
+    pub funcnametab: u64,
+    /// `ftab []functab`: its pointer is pclntab + pclnOffset.
+    pub ftab: u64,
+    pub minpc: u64,
+    pub maxpc: u64,
+    /// `text uintptr`: start of Go text, the base of 1.18+ entry offsets.
+    pub text: u64,
+    pub etext: u64,
+}
+
+/// Go 1.16 to (at least) 1.27.
+pub const MODULEDATA_GO116: ModuledataLayout = ModuledataLayout {
+    pc_header: 0,
+    funcnametab: 1,
+    ftab: 16,
+    minpc: 20,
+    maxpc: 21,
+    text: 22,
+    etext: 23,
+};
 
 /// The fields of a validated `runtime.firstmoduledata` that we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,17 +135,18 @@ fn validate(
     hdr: &PclnHeader,
 ) -> Option<Moduledata> {
     let ps = u64::from(reader.ptr_size);
+    let l = &MODULEDATA_GO116;
     let w = |i: u64| reader.read(addr.checked_add(i.checked_mul(ps)?)?);
-    if w(W_PCHEADER)? != pcln_vaddr {
+    if w(l.pc_header)? != pcln_vaddr {
         return None;
     }
-    if w(W_FUNCNAMETAB)? != pcln_vaddr.checked_add(hdr.funcname_offset)? {
+    if w(l.funcnametab)? != pcln_vaddr.checked_add(hdr.funcname_offset)? {
         return None;
     }
-    if w(W_FTAB)? != pcln_vaddr.checked_add(hdr.pcln_offset)? {
+    if w(l.ftab)? != pcln_vaddr.checked_add(hdr.pcln_offset)? {
         return None;
     }
-    let (minpc, maxpc, text, etext) = (w(W_MINPC)?, w(W_MAXPC)?, w(W_TEXT)?, w(W_ETEXT)?);
+    let (minpc, maxpc, text, etext) = (w(l.minpc)?, w(l.maxpc)?, w(l.text)?, w(l.etext)?);
     if minpc != text || maxpc < minpc || etext < text {
         return None;
     }

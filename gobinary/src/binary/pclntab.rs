@@ -11,8 +11,7 @@
 //! - functab at pclnOffset: nfunc+1 pairs; (entry uintptr, funcoff uintptr)
 //!   in 1.16-1.17, (entryoff u32, funcoff u32) from 1.18 with
 //!   entry = textStart + entryoff. The last pair only marks the end of text.
-//! - `_func` at pclnOffset+funcoff: entry uintptr (1.16) or entryoff u32
-//!   (1.18+), then nameoff i32 into the function name table.
+//! - `_func` at pclnOffset+funcoff: see [`FuncLayout`] for the fields read.
 
 use super::Function;
 use super::bytes::{NameTable, slice, tail, u8_at, u32_le, uvarint, word};
@@ -29,6 +28,97 @@ pub const MAGIC_GO120: u32 = 0xffff_fff1;
 /// Longest function name accepted.
 const MAX_NAME: usize = 1 << 16;
 
+/// Where a field lies in a record whose layout depends on the pointer size:
+/// `words` pointer-sized fields plus `bytes` bytes from the start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldOffset {
+    pub words: u64,
+    pub bytes: u64,
+}
+
+impl FieldOffset {
+    const fn new(words: u64, bytes: u64) -> FieldOffset {
+        FieldOffset { words, bytes }
+    }
+
+    /// The byte offset for pointers of `ptr_size` bytes.
+    pub fn at(self, ptr_size: u8) -> u64 {
+        self.words * u64::from(ptr_size) + self.bytes
+    }
+}
+
+/// Width of an address field of the function table and of `_func`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddrWidth {
+    /// `uintptr`: an absolute address (Go 1.16-1.17).
+    Word,
+    /// `uint32`: an offset from the text start (Go 1.18+).
+    U32,
+}
+
+impl AddrWidth {
+    /// Size in bytes for pointers of `ptr_size` bytes.
+    pub fn size(self, ptr_size: u8) -> u64 {
+        match self {
+            AddrWidth::Word => u64::from(ptr_size),
+            AddrWidth::U32 => 4,
+        }
+    }
+}
+
+/// The layout of a function table entry and of the parts of
+/// `runtime._func` this crate reads (and its synthetic table writer writes).
+///
+/// From Go's `runtime/runtime2.go` (`type _func`) and `runtime/symtab.go`
+/// (`type functab`), as written by `cmd/link/internal/ld/pcln.go`
+/// (`writeFuncs`), for each pclntab magic. `_func` starts with
+/// `entry`/`entryOff`, `nameOff int32`, `args int32`, `deferreturn uint32`,
+/// `pcsp uint32`, `pcfile`, `pcln`, `npcdata`, `cuOffset uint32`
+/// (`startLine int32` from 1.20), then `funcID`, `flag`, a pad byte and
+/// `nfuncdata`, all `uint8`; the variable-length pcdata and funcdata offsets
+/// follow (none are read here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FuncLayout {
+    /// Width of both fields of a function table pair (entry, funcoff).
+    pub functab_field: AddrWidth,
+    /// `_func.entry` (1.16-1.17) or `_func.entryOff` (1.18+).
+    pub entry: FieldOffset,
+    pub entry_width: AddrWidth,
+    /// `_func.nameOff`: `int32` offset into the function name table.
+    pub name_off: FieldOffset,
+    /// `_func.pcsp`: `uint32` offset of the SP-delta table into pctab.
+    pub pcsp: FieldOffset,
+    /// Size of the fixed part of `_func` (before pcdata and funcdata).
+    pub fixed_size: FieldOffset,
+}
+
+/// Go 1.16-1.17 (magic [`MAGIC_GO116`]).
+pub const FUNC_LAYOUT_GO116: FuncLayout = FuncLayout {
+    functab_field: AddrWidth::Word,
+    entry: FieldOffset::new(0, 0),
+    entry_width: AddrWidth::Word,
+    name_off: FieldOffset::new(1, 0),
+    pcsp: FieldOffset::new(1, 12),
+    fixed_size: FieldOffset::new(1, 36),
+};
+
+/// Go 1.18-1.19 (magic [`MAGIC_GO118`]): 32-bit entry offsets.
+pub const FUNC_LAYOUT_GO118: FuncLayout = FuncLayout {
+    functab_field: AddrWidth::U32,
+    entry: FieldOffset::new(0, 0),
+    entry_width: AddrWidth::U32,
+    name_off: FieldOffset::new(0, 4),
+    pcsp: FieldOffset::new(0, 16),
+    fixed_size: FieldOffset::new(0, 40),
+};
+
+/// Go 1.20 and later (magic [`MAGIC_GO120`], checked up to Go 1.27):
+/// `startLine` added after `cuOffset`; the fields read here did not move.
+pub const FUNC_LAYOUT_GO120: FuncLayout = FuncLayout {
+    fixed_size: FieldOffset::new(0, 44),
+    ..FUNC_LAYOUT_GO118
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PclnVersion {
     /// Go 1.16-1.17: absolute entry addresses in the function table.
@@ -43,6 +133,24 @@ impl PclnVersion {
     /// Whether function entries are offsets from a text start address.
     pub fn uses_text_start(self) -> bool {
         !matches!(self, PclnVersion::Go116)
+    }
+
+    /// The magic number that marks this layout.
+    pub fn magic(self) -> u32 {
+        match self {
+            PclnVersion::Go116 => MAGIC_GO116,
+            PclnVersion::Go118 => MAGIC_GO118,
+            PclnVersion::Go120 => MAGIC_GO120,
+        }
+    }
+
+    /// The function table and `_func` layout of this version.
+    pub fn func_layout(self) -> &'static FuncLayout {
+        match self {
+            PclnVersion::Go116 => &FUNC_LAYOUT_GO116,
+            PclnVersion::Go118 => &FUNC_LAYOUT_GO118,
+            PclnVersion::Go120 => &FUNC_LAYOUT_GO120,
+        }
     }
 }
 
@@ -104,13 +212,9 @@ impl PclnHeader {
             .then(|| 8 + 2 * u64::from(self.ptr_size))
     }
 
-    /// Bytes per function table entry.
-    fn functab_entry_size(&self) -> u64 {
-        if self.version.uses_text_start() {
-            8
-        } else {
-            2 * u64::from(self.ptr_size)
-        }
+    /// Bytes per function table entry (an entry and a `_func` offset).
+    pub fn functab_entry_size(&self) -> u64 {
+        2 * self.version.func_layout().functab_field.size(self.ptr_size)
     }
 }
 
@@ -266,24 +370,29 @@ pub fn parse_functions_with_sizes(
         .min(data.len());
     let mut names = NameTable::new(data.get(..names_end).unwrap_or(&[]), MAX_NAME);
 
+    let layout = hdr.version.func_layout();
+    let read_addr = |d: &[u8], off: u64, width: AddrWidth| match width {
+        AddrWidth::Word => word(d, off, ps, false),
+        AddrWidth::U32 => u32_le(d, off).map(u64::from),
+    };
+    let field = layout.functab_field;
     // (entry address, raw entry field, funcoff) of functab entry `i`.
     let entry_at = |i: u64| -> Result<(u64, u64, u64), PclntabError> {
         let bad = |problem| PclntabError::BadFunc { index: i, problem };
         let base = i * entry_size; // i <= nfunc, and the table fits: no overflow
-        if hdr.version.uses_text_start() {
-            let off = u32_le(ftab, base).ok_or_else(|| bad("truncated entry"))?;
-            let funcoff = u32_le(ftab, base + 4).ok_or_else(|| bad("truncated entry"))?;
-            let entry = text_start
-                .checked_add(u64::from(off))
-                .ok_or_else(|| bad("entry address overflows"))?;
-            Ok((entry, u64::from(off), u64::from(funcoff)))
+        let raw = read_addr(ftab, base, field).ok_or_else(|| bad("truncated entry"))?;
+        let funcoff =
+            read_addr(ftab, base + field.size(ps), field).ok_or_else(|| bad("truncated entry"))?;
+        let entry = if hdr.version.uses_text_start() {
+            text_start
+                .checked_add(raw)
+                .ok_or_else(|| bad("entry address overflows"))?
         } else {
-            let entry = word(ftab, base, ps, false).ok_or_else(|| bad("truncated entry"))?;
-            let funcoff = word(ftab, base + u64::from(ps), ps, false)
-                .ok_or_else(|| bad("truncated entry"))?;
-            Ok((entry, entry, funcoff))
-        }
+            raw
+        };
+        Ok((entry, raw, funcoff))
     };
+    let field_at = |func: u64, f: FieldOffset| func.checked_add(f.at(ps));
 
     // `count` fits in the data (checked above), so this capacity is bounded.
     let mut out = Vec::with_capacity(usize::try_from(hdr.nfunc).unwrap_or(0));
@@ -299,16 +408,13 @@ pub fn parse_functions_with_sizes(
             .pcln_offset
             .checked_add(funcoff)
             .ok_or_else(|| bad("_func offset overflows"))?;
-        let (func_entry, name_field) = if hdr.version.uses_text_start() {
-            (u32_le(data, func).map(u64::from), func.checked_add(4))
-        } else {
-            (word(data, func, ps, false), func.checked_add(u64::from(ps)))
-        };
-        let func_entry = func_entry.ok_or_else(|| bad("_func is out of range"))?;
+        let func_entry = field_at(func, layout.entry)
+            .and_then(|o| read_addr(data, o, layout.entry_width))
+            .ok_or_else(|| bad("_func is out of range"))?;
         if func_entry != raw_entry {
             return Err(bad("_func entry does not match the function table"));
         }
-        let name_off = name_field
+        let name_off = field_at(func, layout.name_off)
             .and_then(|o| u32_le(data, o))
             .ok_or_else(|| bad("_func is out of range"))?;
         let name_off = i32::from_le_bytes(name_off.to_le_bytes());
@@ -320,12 +426,7 @@ pub fn parse_functions_with_sizes(
         let name = names
             .get(name_at)
             .ok_or_else(|| bad("name is out of range or not terminated"))?;
-        let pcsp_field = if hdr.version.uses_text_start() {
-            func.checked_add(16)
-        } else {
-            func.checked_add(u64::from(ps) + 12)
-        };
-        let code_size = pcsp_field
+        let code_size = field_at(func, layout.pcsp)
             .and_then(|f| u32_le(data, f))
             .and_then(|pcsp| pc_table_length(data, hdr, pcsp, next.0 - entry));
         out.push(SizedFunction {
@@ -373,103 +474,38 @@ fn pc_table_length(data: &[u8], hdr: &PclnHeader, table_off: u32, limit: u64) ->
 }
 
 #[cfg(test)]
-pub(crate) mod tests {
+mod tests {
     use super::*;
+    use crate::synth::{PclntabSpec, SynthFunction, write_pclntab};
 
-    /// Builds a synthetic table: `funcs` are (name, entryoff, code size)
-    /// plus an end offset. Code sizes of 0 get no SP-delta table.
-    pub(crate) fn synth(
+    /// A synthetic table: `funcs` are (name, entry offset, code size) plus an
+    /// end offset, all from `text_start`. Code sizes of 0 get no SP-delta
+    /// table.
+    fn synth(
         version: PclnVersion,
         text_start: u64,
         funcs: &[(&str, u64, u64)],
         end: u64,
     ) -> Vec<u8> {
-        let ps = 8u64;
-        let magic = match version {
-            PclnVersion::Go116 => MAGIC_GO116,
-            PclnVersion::Go118 => MAGIC_GO118,
-            PclnVersion::Go120 => MAGIC_GO120,
-        };
-        let new = version.uses_text_start();
-        let words = if new { 8 } else { 7 };
-        let hdr_size = 8 + ps * words;
-        let mut names = Vec::new();
-        let mut name_offs = Vec::new();
-        for (n, _, _) in funcs {
-            name_offs.push(names.len() as u64);
-            names.extend_from_slice(n.as_bytes());
-            names.push(0);
-        }
-        // pctab: a leading pad byte (offset 0 means "no table"), then one
-        // table per function: value +1 over `size` bytes, then the end mark.
-        let mut pctab = vec![0u8];
-        let mut pcsp_offs = Vec::new();
-        for (_, _, size) in funcs {
-            if *size == 0 {
-                pcsp_offs.push(0u32);
-                continue;
-            }
-            pcsp_offs.push(pctab.len() as u32);
-            pctab.push(2);
-            let mut v = *size;
-            while v >= 0x80 {
-                pctab.push((v as u8) | 0x80);
-                v >>= 7;
-            }
-            pctab.push(v as u8);
-            pctab.push(0);
-        }
-        let funcname_offset = hdr_size;
-        let cu_offset = funcname_offset + names.len() as u64;
-        let pctab_offset = cu_offset;
-        let pcln_offset = pctab_offset + pctab.len() as u64;
-        let nfunc = funcs.len() as u64;
-        let entry_size = if new { 8 } else { 16 };
-        let ftab_len = (nfunc + 1) * entry_size;
-        let func_size = if new { 44 } else { 48 };
-
-        let mut d = Vec::new();
-        d.extend_from_slice(&magic.to_le_bytes());
-        d.extend_from_slice(&[0, 0, 1, 8]);
-        let mut hw = vec![nfunc, 1];
-        if new {
-            hw.push(text_start);
-        }
-        hw.extend_from_slice(&[
-            funcname_offset,
-            cu_offset,
-            cu_offset,
-            pctab_offset,
-            pcln_offset,
-        ]);
-        for w in hw {
-            d.extend_from_slice(&w.to_le_bytes());
-        }
-        d.extend_from_slice(&names);
-        d.extend_from_slice(&pctab);
-        let put = |d: &mut Vec<u8>, v: u64| {
-            if new {
-                d.extend_from_slice(&(v as u32).to_le_bytes());
-            } else {
-                d.extend_from_slice(&v.to_le_bytes());
-            }
-        };
-        let entry_val = |off: u64| if new { off } else { text_start + off };
-        for (i, (_, off, _)) in funcs.iter().enumerate() {
-            put(&mut d, entry_val(*off));
-            put(&mut d, ftab_len + i as u64 * func_size);
-        }
-        put(&mut d, entry_val(end));
-        put(&mut d, 0);
-        for (i, (_, off, _)) in funcs.iter().enumerate() {
-            let start = d.len();
-            put(&mut d, entry_val(*off));
-            d.extend_from_slice(&(name_offs[i] as u32).to_le_bytes());
-            d.extend_from_slice(&[0; 8]); // args, deferreturn
-            d.extend_from_slice(&pcsp_offs[i].to_le_bytes());
-            d.resize(start + func_size as usize, 0);
-        }
-        d
+        let funcs: Vec<SynthFunction<'_>> = funcs
+            .iter()
+            .map(|&(name, off, size)| SynthFunction {
+                name,
+                entry: text_start + off,
+                code_size: (size > 0).then_some(size),
+            })
+            .collect();
+        write_pclntab(&PclntabSpec {
+            version,
+            ptr_size: 8,
+            min_lc: 1,
+            text_start,
+            header_text_start: text_start,
+            funcs: &funcs,
+            end: text_start + end,
+        })
+        .expect("synthetic table")
+        .bytes
     }
 
     const FUNCS: &[(&str, u64, u64)] = &[
