@@ -145,25 +145,123 @@ pub struct ProbeSite {
     pub skip: [VaRange; MAX_SKIP_RANGES],
 }
 
-/// Indices into the eBPF self-counter array.
-pub mod counter {
+/// Names of the kernel objects, shared by the loader and the eBPF crate.
+///
+/// The eBPF side cannot use these in its `#[map]`/`#[uprobe]` attributes
+/// (macros take identifiers), so its statics and functions carry the same
+/// names and a test in the agent checks the compiled object against this list.
+pub mod names {
+    /// Per-process counters (`PerCpuHashMap<u32, ProcStats>`).
+    pub const MAP_PROC_STATS: &str = "PROC_STATS";
+    /// Allocator probe configuration by attach cookie (`Array<ProbeSite>`).
+    pub const MAP_SITES: &str = "SITES";
+    /// The `--pid` filter (`HashMap<u32, u8>`).
+    pub const MAP_WATCHED_PIDS: &str = "WATCHED_PIDS";
+    /// Process exec/exit events (`RingBuf` of `ProcEvent`).
+    pub const MAP_EVENTS: &str = "EVENTS";
+    /// Self-observability counters (`PerCpuArray<u64>`, indexed by `Counter`).
+    pub const MAP_COUNTERS: &str = "COUNTERS";
+    /// Every map, for checks.
+    pub const MAPS: [&str; 5] = [
+        MAP_PROC_STATS,
+        MAP_SITES,
+        MAP_WATCHED_PIDS,
+        MAP_EVENTS,
+        MAP_COUNTERS,
+    ];
+
+    /// Global set at load time: 1 restricts accounting to `WATCHED_PIDS`.
+    pub const GLOBAL_FILTER_BY_PID: &str = "FILTER_BY_PID";
+
+    /// Uprobe on the allocators.
+    pub const PROG_ALLOC: &str = "goalloc_alloc";
+    /// Uprobe on goroutine creation.
+    pub const PROG_GOROUTINE_CREATE: &str = "goalloc_goroutine_create";
+    /// Uprobe on goroutine exit.
+    pub const PROG_GOROUTINE_EXIT: &str = "goalloc_goroutine_exit";
+    /// Raw tracepoint on `sched_process_exec`.
+    pub const PROG_EXEC: &str = "goalloc_exec";
+    /// Raw tracepoint on `sched_process_exit`.
+    pub const PROG_EXIT: &str = "goalloc_exit";
+    /// Every program, for checks.
+    pub const PROGRAMS: [&str; 5] = [
+        PROG_ALLOC,
+        PROG_GOROUTINE_CREATE,
+        PROG_GOROUTINE_EXIT,
+        PROG_EXEC,
+        PROG_EXIT,
+    ];
+}
+
+/// The eBPF self-counters: indices into the `COUNTERS` per-CPU array.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Counter {
     /// Allocator probe hits that counted an allocation.
-    pub const ALLOC_HITS: u32 = 0;
+    AllocHits = 0,
     /// Specialized-allocator hits skipped because a dispatcher already counted them.
-    pub const ALLOC_NESTED_SKIPS: u32 = 1;
+    AllocNestedSkips = 1,
     /// `mallocgc` hits with size 0 (returns `zerobase`, not an allocation).
-    pub const ALLOC_ZERO_SIZE: u32 = 2;
+    AllocZeroSize = 2,
     /// Hits from processes outside the `--pid` filter.
-    pub const FILTERED_OUT: u32 = 3;
+    FilteredOut = 3,
     /// Hits dropped because the statistics map was full.
-    pub const STATS_MAP_FULL: u32 = 4;
+    StatsMapFull = 4,
     /// Hits whose site configuration or arguments could not be read.
-    pub const READ_ERRORS: u32 = 5;
-    pub const GOROUTINE_CREATE_HITS: u32 = 6;
-    pub const GOROUTINE_EXIT_HITS: u32 = 7;
+    ReadErrors = 5,
+    GoroutineCreateHits = 6,
+    GoroutineExitHits = 7,
     /// Process events dropped because the ring buffer was full.
-    pub const EVENTS_LOST: u32 = 8;
+    EventsLost = 8,
+}
+
+impl Counter {
+    /// Number of counters (the size of the `COUNTERS` array).
     pub const COUNT: u32 = 9;
+
+    /// Every counter, in index order.
+    pub const ALL: [Counter; Counter::COUNT as usize] = [
+        Counter::AllocHits,
+        Counter::AllocNestedSkips,
+        Counter::AllocZeroSize,
+        Counter::FilteredOut,
+        Counter::StatsMapFull,
+        Counter::ReadErrors,
+        Counter::GoroutineCreateHits,
+        Counter::GoroutineExitHits,
+        Counter::EventsLost,
+    ];
+
+    /// Index into the `COUNTERS` array.
+    #[inline(always)]
+    pub const fn index(self) -> u32 {
+        self as u32
+    }
+
+    /// Short name (a label value in the agent's metrics).
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::AllocHits => "alloc",
+            Counter::AllocNestedSkips => "alloc_nested",
+            Counter::AllocZeroSize => "alloc_zero_size",
+            Counter::FilteredOut => "filtered",
+            Counter::StatsMapFull => "stats_map_full",
+            Counter::ReadErrors => "read_error",
+            Counter::GoroutineCreateHits => "goroutine_create",
+            Counter::GoroutineExitHits => "goroutine_exit",
+            Counter::EventsLost => "events_lost",
+        }
+    }
+}
+
+/// Values of all the self-counters, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counters(pub [u64; Counter::COUNT as usize]);
+
+impl Counters {
+    pub fn get(&self, c: Counter) -> u64 {
+        self.0[c as usize]
+    }
 }
 
 /// Size of the process-event ring buffer (a power of two, page multiple).
@@ -234,5 +332,12 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<ProcStats>(), 8 * (4 + HIST_BUCKETS));
         assert_eq!(core::mem::size_of::<ProbeSite>(), 24 + 16 * MAX_SKIP_RANGES);
+    }
+
+    #[test]
+    fn counters_are_indexed_in_order() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(c.index() as usize, i);
+        }
     }
 }

@@ -6,7 +6,7 @@
 //! when it was not called from a dispatcher (its `skip` ranges).
 
 use agent_common::{
-    ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, counter, size_bucket,
+    ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, Counter, size_bucket,
 };
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
@@ -29,14 +29,14 @@ fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
     // SAFETY: helper call on our own context.
     let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     let Some(site) = SITES.get(cookie) else {
-        bump(counter::READ_ERRORS);
+        bump(Counter::ReadErrors);
         return Err(());
     };
     let size = if site.abi == ABI_STACK {
         match regs::stack_arg0(ctx) {
             Some(size) => size,
             None => {
-                bump(counter::READ_ERRORS);
+                bump(Counter::ReadErrors);
                 return Err(());
             }
         }
@@ -46,11 +46,11 @@ fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
     match site.kind {
         SITE_MALLOCGC if size == 0 => {
             // Returns &zerobase: not a heap allocation.
-            bump(counter::ALLOC_ZERO_SIZE);
+            bump(Counter::AllocZeroSize);
             return Ok(());
         }
         SITE_SPECIALIZED if called_from_dispatcher(ctx, site)? => {
-            bump(counter::ALLOC_NESTED_SKIPS);
+            bump(Counter::AllocNestedSkips);
             return Ok(());
         }
         _ => {}
@@ -62,7 +62,7 @@ fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
     if let Some(slot) = stats.size_hist.get_mut(bucket) {
         *slot += 1;
     }
-    bump(counter::ALLOC_HITS);
+    bump(Counter::AllocHits);
     Ok(())
 }
 
@@ -74,7 +74,7 @@ fn called_from_dispatcher(ctx: &ProbeContext, site: &ProbeSite) -> Result<bool, 
         return Ok(false);
     }
     let Some(ret) = regs::return_address(ctx) else {
-        bump(counter::READ_ERRORS);
+        bump(Counter::ReadErrors);
         return Err(());
     };
     let bias = regs::instruction_pointer(ctx).wrapping_sub(site.probe_vaddr);

@@ -1,7 +1,7 @@
 //! Goroutine lifecycle probes: creation (`runtime.newproc1`) and exit
 //! (`runtime.gdestroy` from Go 1.22, `runtime.goexit0` before).
 
-use agent_common::counter;
+use agent_common::Counter;
 use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 
 use crate::maps::{bump, current_tgid, stats_of};
@@ -22,7 +22,7 @@ pub fn goalloc_goroutine_exit(_ctx: ProbeContext) -> u32 {
 fn try_goroutine_create() -> Result<(), ()> {
     let tgid = current_tgid().ok_or(())?;
     stats_of(tgid).ok_or(())?.goroutines_created += 1;
-    bump(counter::GOROUTINE_CREATE_HITS);
+    bump(Counter::GoroutineCreateHits);
     Ok(())
 }
 
@@ -30,6 +30,6 @@ fn try_goroutine_create() -> Result<(), ()> {
 fn try_goroutine_exit() -> Result<(), ()> {
     let tgid = current_tgid().ok_or(())?;
     stats_of(tgid).ok_or(())?.goroutines_exited += 1;
-    bump(counter::GOROUTINE_EXIT_HITS);
+    bump(Counter::GoroutineExitHits);
     Ok(())
 }

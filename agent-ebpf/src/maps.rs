@@ -1,7 +1,7 @@
 //! Maps shared by all probe families, and the per-process accounting helpers.
 
 use agent_common::{
-    EVENTS_RING_BYTES, MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, counter,
+    EVENTS_RING_BYTES, MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, Counter,
 };
 use aya_ebpf::{
     Global,
@@ -31,9 +31,9 @@ pub static WATCHED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTER
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 
-/// Self-observability counters (`agent_common::counter`).
+/// Self-observability counters, indexed by `agent_common::Counter`.
 #[map]
-pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
 
 /// Set by the loader: 1 restricts accounting to `WATCHED_PIDS`.
 #[unsafe(no_mangle)]
@@ -44,8 +44,8 @@ static FILTER_BY_PID: Global<u8> = Global::new(0);
 static ZERO_STATS: ProcStats = ProcStats::ZERO;
 
 #[inline(always)]
-pub fn bump(index: u32) {
-    if let Some(c) = COUNTERS.get_ptr_mut(index) {
+pub fn bump(counter: Counter) {
+    if let Some(c) = COUNTERS.get_ptr_mut(counter.index()) {
         // SAFETY: per-CPU slot, only this CPU writes it while we run.
         unsafe { *c += 1 };
     }
@@ -56,7 +56,7 @@ pub fn bump(index: u32) {
 pub fn current_tgid() -> Option<u32> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if FILTER_BY_PID.load() != 0 && WATCHED_PIDS.get_ptr(tgid).is_none() {
-        bump(counter::FILTERED_OUT);
+        bump(Counter::FilteredOut);
         return None;
     }
     Some(tgid)
@@ -75,7 +75,7 @@ pub fn stats_of(tgid: u32) -> Option<&'static mut ProcStats> {
     {
         // EEXIST (a racing insert on another CPU) is fine; a full map is not.
         if PROC_STATS.get_ptr_mut(tgid).is_none() {
-            bump(counter::STATS_MAP_FULL);
+            bump(Counter::StatsMapFull);
             return None;
         }
     }

@@ -2,7 +2,7 @@
 //! program) and exit (its counters can be collected and dropped). Raw
 //! tracepoints attach without tracefs.
 
-use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, counter};
+use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, Counter};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::raw_tracepoint,
@@ -41,6 +41,6 @@ fn emit(kind: u32, tgid: u32) {
         ktime_ns: unsafe { bpf_ktime_get_ns() },
     };
     if EVENTS.output::<ProcEvent>(&event, 0).is_err() {
-        bump(counter::EVENTS_LOST);
+        bump(Counter::EventsLost);
     }
 }

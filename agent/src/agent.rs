@@ -10,23 +10,20 @@ use std::{
     time::Duration,
 };
 
-use agent_common::{EVENT_EXEC, ProcEvent};
+use agent_common::EVENT_EXEC;
 use anyhow::{Context, Result};
 use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
-use tokio::{
-    io::unix::AsyncFd,
-    signal::unix::{SignalKind, signal},
-};
+use tokio::signal::unix::{SignalKind, signal};
 
 use gobinary::plan::PlanOptions;
 
 use crate::{
     classify::Classifier,
     ebpf::{Engine, EngineOptions},
-    identity,
-    metrics::{CONTENT_TYPE, Metrics},
-    procfs,
-    tracker::{Aggregate, Tracker},
+    events::ProcessEvents,
+    exporter::{Aggregate, CONTENT_TYPE, Metrics},
+    identity, procfs,
+    registry::{Registry, Scope},
 };
 
 #[derive(Debug, Clone)]
@@ -76,19 +73,18 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut engine = Engine::load(EngineOptions::default())?;
-    let ring = engine.start_process_events()?;
-    let tracker = Arc::new(Mutex::new(Tracker::new(
+    let mut events = ProcessEvents::start(&mut engine)?;
+    let registry = Arc::new(Mutex::new(Registry::new(
         engine,
         opts.plan,
-        opts.aggregate,
+        Scope::AllGo,
         opts.detach_grace,
-        None,
     )));
     // Metrics without pod names beat no metrics: the API server is asked in
     // the background, and again until it answers.
-    tokio::spawn(pod_metadata(tracker.clone()));
+    tokio::spawn(pod_metadata(registry.clone()));
     let http = Http {
-        metrics: Arc::new(Metrics::new(tracker.clone())),
+        metrics: Arc::new(Metrics::new(registry.clone(), opts.aggregate)),
         ready: Arc::new(AtomicBool::new(false)),
     };
     let listener = tokio::net::TcpListener::bind(opts.listen)
@@ -102,24 +98,18 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!("goalloc: agent listening on http://{}/metrics", opts.listen);
 
-    // SAFETY: the ring buffer owns its fd, and the AsyncFd owns the ring buffer.
-    let mut ring = unsafe { AsyncFd::register(ring) }
-        .map_err(|e| anyhow::anyhow!("polling the process event ring buffer: {e}"))?;
     // Events first, then the sweep: a process that starts during the sweep is
     // caught by one or the other.
-    let classifier = tracker
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .classifier();
-    sweep(&tracker, &classifier).await?;
+    let classifier = lock(&registry).classifier();
+    sweep(&registry, &classifier).await?;
     http.ready.store(true, Ordering::Relaxed);
     {
-        let t = tracker.lock().unwrap_or_else(|p| p.into_inner());
+        let r = lock(&registry);
         eprintln!(
             "goalloc: tracking {} Go processes in {} binaries (sweep took {:?})",
-            t.processes().count(),
-            t.engine().attached_binaries(),
-            t.stats.last_sweep
+            r.len(),
+            r.engine().attached_binaries(),
+            r.stats.last_sweep
         );
     }
 
@@ -131,32 +121,20 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     loop {
         tokio::select! {
-            guard = ring.readable_mut() => {
-                let mut guard = guard?;
-                let events: Vec<ProcEvent> = {
-                    let rb = guard.get_inner_mut();
-                    let mut out = Vec::new();
-                    while let Some(item) = rb.next() {
-                        if item.len() >= std::mem::size_of::<ProcEvent>() {
-                            // SAFETY: the kernel wrote a ProcEvent; read unaligned.
-                            out.push(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<ProcEvent>()) });
-                        }
-                    }
-                    out
-                };
-                guard.clear_ready();
-                let tracker = tracker.clone();
+            batch = events.next_batch() => {
+                let batch = batch.context("reading process events")?;
+                let registry = registry.clone();
                 let classifier = classifier.clone();
                 blocking(move || {
-                    for ev in events.iter().filter(|ev| ev.kind == EVENT_EXEC) {
+                    for ev in batch.iter().filter(|ev| ev.kind == EVENT_EXEC) {
                         classifier.warm(ev.tgid);
                     }
-                    let mut t = tracker.lock().unwrap_or_else(|p| p.into_inner());
-                    events.iter().try_for_each(|ev| t.on_event(ev))
+                    let mut r = lock(&registry);
+                    batch.iter().try_for_each(|ev| r.on_event(ev))
                 })
                 .await?;
             }
-            _ = sweeper.tick() => sweep(&tracker, &classifier).await?,
+            _ = sweeper.tick() => sweep(&registry, &classifier).await?,
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
         }
@@ -168,15 +146,16 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     Ok(())
 }
 
-async fn pod_metadata(tracker: Arc<Mutex<Tracker>>) {
+fn lock(registry: &Mutex<Registry>) -> std::sync::MutexGuard<'_, Registry> {
+    registry.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn pod_metadata(registry: Arc<Mutex<Registry>>) {
     loop {
         match identity::kube::start_in_cluster().await {
             Ok(Some(pods)) => {
                 log::info!("watching {} pods on this node for pod labels", pods.len());
-                tracker
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .set_pods(pods);
+                lock(&registry).set_pods(pods);
                 return;
             }
             // Not in a cluster: pod labels stay empty, nothing to ask.
@@ -190,20 +169,20 @@ async fn pod_metadata(tracker: Arc<Mutex<Tracker>>) {
 }
 
 /// The /proc sweep, off the async workers. New executables are read and
-/// planned before the tracker is locked, so scrapes do not wait for them.
-async fn sweep(tracker: &Arc<Mutex<Tracker>>, classifier: &Classifier) -> Result<()> {
-    let tracker = tracker.clone();
+/// planned before the registry is locked, so scrapes do not wait for them.
+async fn sweep(registry: &Arc<Mutex<Registry>>, classifier: &Classifier) -> Result<()> {
+    let registry = registry.clone();
     let classifier = classifier.clone();
     blocking(move || {
         for pid in procfs::all_pids().unwrap_or_default() {
             classifier.warm(pid);
         }
-        tracker.lock().unwrap_or_else(|p| p.into_inner()).sweep()
+        lock(&registry).sweep()
     })
     .await
 }
 
-/// Runs tracker work (/proc reads, ELF parsing, uprobe attach) on the
+/// Runs registry work (/proc reads, ELF parsing, uprobe attach) on the
 /// blocking pool.
 async fn blocking<E>(work: impl FnOnce() -> Result<(), E> + Send + 'static) -> Result<()>
 where
@@ -211,6 +190,6 @@ where
 {
     tokio::task::spawn_blocking(work)
         .await
-        .context("tracker task panicked")??;
+        .context("registry task panicked")??;
     Ok(())
 }

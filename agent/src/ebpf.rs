@@ -3,7 +3,7 @@
 
 use std::{collections::HashMap, path::Path};
 
-use agent_common::{ProbeSite, ProcStats, counter};
+use agent_common::{Counter, Counters, ProbeSite, ProcStats, names};
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
@@ -51,6 +51,8 @@ pub enum EngineError {
         #[source]
         source: Box<MapError>,
     },
+    #[error("polling the process event ring buffer: {0}")]
+    Poll(#[source] std::io::Error),
     #[error("the probe-site table is full ({0} sites): too many distinct binaries")]
     SitesFull(u32),
 }
@@ -91,11 +93,32 @@ pub struct AttachSummary {
     pub newly_attached: bool,
 }
 
-/// The loaded programs and every binary they are attached to.
+/// The loaded programs, their maps (typed handles, taken once at load) and
+/// every binary they are attached to.
 pub struct Engine {
     ebpf: Ebpf,
+    proc_stats: PerCpuHashMap<MapData, u32, ProcStats>,
+    sites: Array<MapData, ProbeSite>,
+    watched_pids: BpfHashMap<MapData, u32, u8>,
+    counters: PerCpuArray<MapData, u64>,
+    /// Handed out once by [`Engine::start_process_events`].
+    events: Option<RingBuf<MapData>>,
     attached: HashMap<BinaryKey, Attachment>,
     free_sites: Vec<u32>,
+}
+
+/// Takes map `name` out of the object as a typed handle.
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, EngineError>
+where
+    T: TryFrom<aya::maps::Map, Error = MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(EngineError::Map {
+        map: name,
+        source: Box::new(MapError::InvalidName {
+            name: name.to_string(),
+        }),
+    })?;
+    T::try_from(map).map_err(map_err(name))
 }
 
 /// Options fixed at load time.
@@ -112,7 +135,7 @@ impl Engine {
         system::raise_fd_limit();
         let filter = u8::from(opts.filter_by_pid);
         let mut ebpf = EbpfLoader::new()
-            .override_global("FILTER_BY_PID", &filter, true)
+            .override_global(names::GLOBAL_FILTER_BY_PID, &filter, true)
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;
         for kind in PROGRAMS {
@@ -134,6 +157,11 @@ impl Engine {
             })?;
         }
         Ok(Engine {
+            proc_stats: take_map(&mut ebpf, names::MAP_PROC_STATS)?,
+            sites: take_map(&mut ebpf, names::MAP_SITES)?,
+            watched_pids: take_map(&mut ebpf, names::MAP_WATCHED_PIDS)?,
+            counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
+            events: Some(take_map(&mut ebpf, names::MAP_EVENTS)?),
             ebpf,
             attached: HashMap::new(),
             free_sites: (0..agent_common::MAX_SITES).rev().collect(),
@@ -220,10 +248,9 @@ impl Engine {
     }
 
     fn set_site(&mut self, index: u32, site: ProbeSite) -> Result<(), EngineError> {
-        let mut sites: Array<_, ProbeSite> =
-            Array::try_from(self.ebpf.map_mut("SITES").expect("SITES map"))
-                .map_err(map_err("SITES"))?;
-        sites.set(index, site, 0).map_err(map_err("SITES"))
+        self.sites
+            .set(index, site, 0)
+            .map_err(map_err(names::MAP_SITES))
     }
 
     fn release(&mut self, att: Attachment) {
@@ -287,8 +314,8 @@ impl Engine {
     /// buffer (the node agent's process tracking). Call once.
     pub fn start_process_events(&mut self) -> Result<RingBuf<MapData>, EngineError> {
         for (name, tracepoint) in [
-            ("goalloc_exec", "sched_process_exec"),
-            ("goalloc_exit", "sched_process_exit"),
+            (names::PROG_EXEC, "sched_process_exec"),
+            (names::PROG_EXIT, "sched_process_exit"),
         ] {
             let prog: &mut RawTracePoint = self
                 .ebpf
@@ -309,42 +336,39 @@ impl Engine {
                     source: Box::new(e),
                 })?;
         }
-        let map = self.ebpf.take_map("EVENTS").expect("EVENTS map");
-        RingBuf::try_from(map).map_err(map_err("EVENTS"))
+        self.events.take().ok_or(EngineError::Map {
+            map: names::MAP_EVENTS,
+            source: Box::new(MapError::InvalidName {
+                name: "events already started".into(),
+            }),
+        })
     }
 
     /// Adds a process to the `--pid` filter.
     pub fn watch_pid(&mut self, pid: u32) -> Result<(), EngineError> {
-        let mut m: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut("WATCHED_PIDS").expect("WATCHED_PIDS map"))
-                .map_err(map_err("WATCHED_PIDS"))?;
-        m.insert(pid, 1, 0).map_err(map_err("WATCHED_PIDS"))
+        self.watched_pids
+            .insert(pid, 1, 0)
+            .map_err(map_err(names::MAP_WATCHED_PIDS))
     }
 
     /// The counters of one process since its first probe hit, summed over CPUs.
     pub fn stats(&self, tgid: u32) -> Result<Option<ProcStats>, EngineError> {
-        let m: PerCpuHashMap<_, u32, ProcStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("PROC_STATS").expect("PROC_STATS map"))
-                .map_err(map_err("PROC_STATS"))?;
-        match m.get(&tgid, 0) {
+        match self.proc_stats.get(&tgid, 0) {
             Ok(values) => Ok(Some(sum(values.iter()))),
             Err(MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(map_err("PROC_STATS")(e)),
+            Err(e) => Err(map_err(names::MAP_PROC_STATS)(e)),
         }
     }
 
     /// Every process with counters.
     pub fn all_stats(&self) -> Result<Vec<(u32, ProcStats)>, EngineError> {
-        let m: PerCpuHashMap<_, u32, ProcStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("PROC_STATS").expect("PROC_STATS map"))
-                .map_err(map_err("PROC_STATS"))?;
         let mut out = Vec::new();
-        for item in m.iter() {
+        for item in self.proc_stats.iter() {
             match item {
                 Ok((tgid, values)) => out.push((tgid, sum(values.iter()))),
                 // An entry removed while iterating.
                 Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(map_err("PROC_STATS")(e)),
+                Err(e) => return Err(map_err(names::MAP_PROC_STATS)(e)),
             }
         }
         Ok(out)
@@ -353,31 +377,25 @@ impl Engine {
     /// Forgets a process: its counters and its place in the `--pid` filter.
     /// Called when it exits, so a reused PID starts from zero.
     pub fn forget_process(&mut self, tgid: u32) -> Result<(), EngineError> {
-        let mut m: PerCpuHashMap<_, u32, ProcStats> =
-            PerCpuHashMap::try_from(self.ebpf.map_mut("PROC_STATS").expect("PROC_STATS map"))
-                .map_err(map_err("PROC_STATS"))?;
-        match m.remove(&tgid) {
-            Err(e) if !is_not_found(&e) => return Err(map_err("PROC_STATS")(e)),
+        match self.proc_stats.remove(&tgid) {
+            Err(e) if !is_not_found(&e) => return Err(map_err(names::MAP_PROC_STATS)(e)),
             _ => {}
         }
-        let mut w: BpfHashMap<_, u32, u8> =
-            BpfHashMap::try_from(self.ebpf.map_mut("WATCHED_PIDS").expect("WATCHED_PIDS map"))
-                .map_err(map_err("WATCHED_PIDS"))?;
-        match w.remove(&tgid) {
-            Err(e) if !is_not_found(&e) => Err(map_err("WATCHED_PIDS")(e)),
+        match self.watched_pids.remove(&tgid) {
+            Err(e) if !is_not_found(&e) => Err(map_err(names::MAP_WATCHED_PIDS)(e)),
             _ => Ok(()),
         }
     }
 
-    /// The eBPF self-counters (`agent_common::counter`), summed over CPUs.
-    pub fn counters(&self) -> Result<[u64; counter::COUNT as usize], EngineError> {
-        let m: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map("COUNTERS").expect("COUNTERS map"))
-                .map_err(map_err("COUNTERS"))?;
-        let mut out = [0u64; counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = m.get(&(i as u32), 0).map_err(map_err("COUNTERS"))?;
-            *slot = values.iter().sum();
+    /// The eBPF self-counters, summed over CPUs.
+    pub fn counters(&self) -> Result<Counters, EngineError> {
+        let mut out = Counters::default();
+        for c in Counter::ALL {
+            let values = self
+                .counters
+                .get(&c.index(), 0)
+                .map_err(map_err(names::MAP_COUNTERS))?;
+            out.0[c as usize] = values.iter().sum();
         }
         Ok(out)
     }
@@ -409,4 +427,40 @@ fn sum<'a>(values: impl Iterator<Item = &'a ProcStats>) -> ProcStats {
         total.accumulate(v);
     }
     total
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The eBPF crate cannot use the shared names in its attributes: check
+    /// the compiled object against them.
+    #[test]
+    fn object_has_the_shared_names() {
+        let obj = aya_obj::Object::parse(OBJECT).unwrap();
+        for map in names::MAPS {
+            assert!(
+                obj.maps.contains_key(map),
+                "map {map} missing from the object"
+            );
+        }
+        for prog in names::PROGRAMS {
+            assert!(
+                obj.programs.contains_key(prog),
+                "program {prog} missing from the object"
+            );
+        }
+        // The global is found by its symbol name in the string table.
+        let symbol = format!("{}\0", names::GLOBAL_FILTER_BY_PID);
+        assert!(
+            OBJECT.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
+            "global {} missing from the object",
+            names::GLOBAL_FILTER_BY_PID
+        );
+        assert_eq!(
+            obj.maps[names::MAP_COUNTERS].max_entries(),
+            Counter::COUNT,
+            "COUNTERS has one slot per Counter"
+        );
+    }
 }

@@ -1,12 +1,14 @@
 //! goalloc: exact allocation and goroutine accounting for Go processes, from eBPF uprobes.
 
 pub mod agent;
+pub mod attachments;
 pub mod classify;
 pub mod ebpf;
+pub mod events;
+pub mod exporter;
 pub mod identity;
-pub mod metrics;
 pub mod procfs;
+pub mod registry;
 pub mod report;
 pub mod system;
-pub mod tracker;
 pub mod watch;

@@ -6,8 +6,8 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 use goalloc::{
     agent::{self, AgentOptions},
+    exporter::Aggregate,
     report::OutputFormat,
-    tracker::Aggregate,
     watch::{self, WatchOptions},
 };
 use gobinary::{

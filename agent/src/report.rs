@@ -5,18 +5,12 @@ use std::io::Write;
 use agent_common::{HIST_BUCKETS, ProcStats, bucket_upper_bound};
 use serde::Serialize;
 
+use crate::registry::ProcessInfo;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     Table,
     Json,
-}
-
-/// What is known about a watched process.
-#[derive(Debug, Clone)]
-pub struct ProcessInfo {
-    pub pid: u32,
-    pub comm: String,
-    pub go_version: String,
 }
 
 #[derive(Serialize)]
@@ -214,7 +208,9 @@ mod tests {
         ProcessInfo {
             pid: 42,
             comm: "svc".into(),
+            exe: "/usr/bin/svc".into(),
             go_version: "go1.27.3".into(),
+            cgroup: Default::default(),
         }
     }
 

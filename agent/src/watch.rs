@@ -1,8 +1,12 @@
 //! `goalloc watch`: live per-process allocation and goroutine rates for
 //! chosen processes or for every process of one binary.
+//!
+//! The same registry as the node agent finds and follows the processes
+//! (exec/exit events and a /proc sweep per interval); this view prints their
+//! figures per interval and their totals when they exit or watch stops.
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, HashSet},
     io::Write,
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -10,17 +14,19 @@ use std::{
 
 use agent_common::ProcStats;
 use anyhow::{Context, Result, bail};
-use tokio::signal::unix::{SignalKind, signal};
-
 use gobinary::{
-    binary::GoBinary,
+    GoBinary,
     plan::{self, PlanOptions, ProbePlan},
+    prologue::Placement,
 };
+use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
     ebpf::{Engine, EngineOptions},
+    events::ProcessEvents,
     procfs::{self, BinaryKey, OpenExe, ProcessId},
-    report::{OutputFormat, ProcessInfo, Reporter},
+    registry::{ProcessSnapshot, Registry, Scope},
+    report::{OutputFormat, Reporter},
 };
 
 #[derive(Debug, Clone)]
@@ -38,9 +44,8 @@ pub struct WatchOptions {
     pub plan: PlanOptions,
 }
 
-struct Watched {
-    id: ProcessId,
-    info: ProcessInfo,
+/// What the view remembers of a process between intervals.
+struct Seen {
     since: Instant,
     last: ProcStats,
 }
@@ -51,79 +56,68 @@ fn plan_binary(path: &Path, what: &str, opts: PlanOptions) -> Result<ProbePlan> 
     plan::plan(&bin, opts).with_context(|| what.to_string())
 }
 
-pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
-    let mut reporter = Reporter::new(opts.output, out);
-    // Plan everything before loading: bad input fails before touching the kernel.
-    // Each executable is opened once and used through that descriptor.
-    let mut binaries: BTreeMap<BinaryKey, (OpenExe, ProbePlan)> = BTreeMap::new();
-    let mut watched: HashMap<u32, Watched> = HashMap::new();
-    let binary_version;
-    match &opts.target {
+fn describe(exe: &OpenExe, plan: &ProbePlan) -> String {
+    let entry = plan
+        .probes
+        .iter()
+        .filter(|p| p.placement == Placement::Entry)
+        .count();
+    format!(
+        "{} probes in {} ({}, {:?} scheme, {} at function entry)",
+        plan.probes.len(),
+        procfs::exe_target_of(exe.path()).display(),
+        plan.go_version,
+        plan.scheme,
+        entry,
+    )
+}
+
+/// Checks every target before touching the kernel, so bad input fails with
+/// a message naming it. Returns the registry scope and what will be probed.
+fn resolve(target: &Target, opts: PlanOptions) -> Result<(Scope, Vec<String>)> {
+    let mut planned: HashMap<BinaryKey, String> = HashMap::new();
+    match target {
         Target::Pids(pids) => {
-            binary_version = None;
             for &pid in pids {
-                let id = ProcessId::of(pid)?;
+                ProcessId::of(pid)?;
                 let comm = procfs::comm(pid)?;
                 let exe = procfs::open_exe(pid)?;
                 let key = BinaryKey::of_file(exe.file())
                     .with_context(|| format!("pid {pid}: reading its executable"))?;
-                let what = format!("pid {pid} ({comm})");
-                if let std::collections::btree_map::Entry::Vacant(slot) = binaries.entry(key) {
-                    let plan = plan_binary(exe.path(), &what, opts.plan)?;
-                    slot.insert((exe, plan));
+                if let std::collections::hash_map::Entry::Vacant(slot) = planned.entry(key) {
+                    let plan = plan_binary(exe.path(), &format!("pid {pid} ({comm})"), opts)?;
+                    slot.insert(describe(&exe, &plan));
                 }
-                let go_version = binaries[&key].1.go_version.clone();
-                watched.insert(
-                    pid,
-                    Watched {
-                        id,
-                        info: ProcessInfo {
-                            pid,
-                            comm,
-                            go_version,
-                        },
-                        since: Instant::now(),
-                        last: ProcStats::ZERO,
-                    },
-                );
             }
+            let pids: HashSet<u32> = pids.iter().copied().collect();
+            Ok((Scope::Pids(pids), planned.into_values().collect()))
         }
         Target::Binary(path) => {
             let what = path.display().to_string();
             let exe = OpenExe::open(path).with_context(|| what.clone())?;
             let key = BinaryKey::of_file(exe.file()).with_context(|| what.clone())?;
-            let plan = plan_binary(exe.path(), &what, opts.plan)?;
-            binary_version = Some(plan.go_version.clone());
-            binaries.insert(key, (exe, plan));
+            let plan = plan_binary(exe.path(), &what, opts)?;
+            Ok((Scope::Binary(key), vec![describe(&exe, &plan)]))
         }
     }
+}
 
-    let filter_by_pid = matches!(opts.target, Target::Pids(_));
-    let mut engine = Engine::load(EngineOptions { filter_by_pid })?;
-    for pid in watched.keys() {
-        engine.watch_pid(*pid)?;
-    }
-    for (key, (exe, plan)) in &binaries {
-        let summary = engine.attach(*key, exe.path(), plan)?;
-        let entry = plan
-            .probes
-            .iter()
-            .filter(|p| p.placement == gobinary::prologue::Placement::Entry)
-            .count();
-        eprintln!(
-            "goalloc: attached {} probes to {} ({}, {:?} scheme, {} at function entry)",
-            summary.probes,
-            procfs::exe_target_of(exe.path()).display(),
-            plan.go_version,
-            plan.scheme,
-            entry,
-        );
-    }
-    // Processes may have exited while we attached.
-    for w in watched.values_mut() {
-        w.since = Instant::now();
+pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
+    let mut reporter = Reporter::new(opts.output, out);
+    let (scope, described) = resolve(&opts.target, opts.plan)?;
+    let by_pid = matches!(scope, Scope::Pids(_));
+    let mut engine = Engine::load(EngineOptions {
+        filter_by_pid: by_pid,
+    })?;
+    let mut events = ProcessEvents::start(&mut engine)?;
+    // No grace: nothing restarts under watch, and its probes go when it ends.
+    let mut registry = Registry::new(engine, opts.plan, scope, Duration::ZERO);
+    registry.sweep()?;
+    for d in described {
+        eprintln!("goalloc: attached {d}");
     }
 
+    let mut seen: HashMap<u32, Seen> = HashMap::new();
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -138,6 +132,12 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
             }
         };
         tokio::select! {
+            batch = events.next_batch() => {
+                for ev in batch.context("reading process events")? {
+                    registry.on_event(&ev)?;
+                }
+                continue;
+            }
             _ = ticker.tick() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
@@ -147,87 +147,49 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
         let seconds = now.duration_since(last_tick).as_secs_f64();
         last_tick = now;
 
-        if let Some(version) = &binary_version {
-            for (pid, total) in discover(&engine, &mut watched, version)? {
-                let info = ProcessInfo {
-                    pid,
-                    comm: "?".into(),
-                    go_version: version.clone(),
-                };
-                reporter.total(&info, &total, seconds, true)?;
-                // Also frees the slot before the PID can be reused.
-                engine.forget_process(pid)?;
-            }
-        }
-        let mut pids: Vec<u32> = watched.keys().copied().collect();
-        pids.sort_unstable();
-        for pid in pids {
-            let w = watched.get_mut(&pid).expect("listed above");
-            let alive = w.id.is_alive();
-            let current = engine.stats(pid)?.unwrap_or(ProcStats::ZERO);
+        registry.sweep()?;
+        for s in registry.snapshot()? {
+            let current = s.probes.unwrap_or(ProcStats::ZERO);
+            let w = seen.entry(s.info.pid).or_insert(Seen {
+                since: now,
+                last: ProcStats::ZERO,
+            });
             let delta = diff(&current, &w.last);
             w.last = current;
-            if alive {
-                reporter.interval(&w.info, &delta, seconds)?;
-            } else {
-                reporter.total(&w.info, &current, w.since.elapsed().as_secs_f64(), true)?;
-                engine.forget_process(pid)?;
-                watched.remove(&pid);
-            }
+            reporter.interval(&s.info, &delta, seconds)?;
         }
-        if filter_by_pid && watched.is_empty() {
+        for s in registry.take_exited() {
+            report_exited(&mut reporter, &mut seen, &s, seconds)?;
+        }
+        if by_pid && registry.is_empty() {
             return Ok(());
         }
     }
 
-    let mut pids: Vec<u32> = watched.keys().copied().collect();
-    pids.sort_unstable();
-    for pid in pids {
-        let w = &watched[&pid];
-        let current = engine.stats(pid)?.unwrap_or(ProcStats::ZERO);
-        reporter.total(
-            &w.info,
-            &current,
-            w.since.elapsed().as_secs_f64(),
-            !w.id.is_alive(),
-        )?;
+    for s in registry.take_exited() {
+        report_exited(&mut reporter, &mut seen, &s, 0.0)?;
+    }
+    for s in registry.snapshot()? {
+        let since = seen
+            .get(&s.info.pid)
+            .map_or(0.0, |w| w.since.elapsed().as_secs_f64());
+        reporter.total(&s.info, &s.probes.unwrap_or(ProcStats::ZERO), since, false)?;
     }
     Ok(())
 }
 
-/// Starts reporting processes of the watched binary that showed up in the
-/// kernel map since the last tick. Returns those that also exited since:
-/// their counts are final and they are reported once, as totals.
-fn discover(
-    engine: &Engine,
-    watched: &mut HashMap<u32, Watched>,
-    go_version: &str,
-) -> Result<Vec<(u32, ProcStats)>> {
-    let mut gone = Vec::new();
-    for (pid, stats) in engine.all_stats()? {
-        if watched.contains_key(&pid) {
-            continue;
-        }
-        let Ok(id) = ProcessId::of(pid) else {
-            gone.push((pid, stats));
-            continue;
-        };
-        let comm = procfs::comm(pid).unwrap_or_default();
-        watched.insert(
-            pid,
-            Watched {
-                id,
-                info: ProcessInfo {
-                    pid,
-                    comm,
-                    go_version: go_version.to_string(),
-                },
-                since: Instant::now(),
-                last: ProcStats::ZERO,
-            },
-        );
-    }
-    Ok(gone)
+/// Reports the totals of a process that exited; one never seen in an
+/// interval lived within the last one.
+fn report_exited(
+    reporter: &mut Reporter<impl Write>,
+    seen: &mut HashMap<u32, Seen>,
+    s: &ProcessSnapshot,
+    interval: f64,
+) -> std::io::Result<()> {
+    let seconds = seen
+        .remove(&s.info.pid)
+        .map_or(interval, |w| w.since.elapsed().as_secs_f64());
+    reporter.total(&s.info, &s.probes.unwrap_or(ProcStats::ZERO), seconds, true)
 }
 
 /// `a - b`, field by field (counters only grow).

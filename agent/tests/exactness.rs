@@ -7,7 +7,7 @@ mod common;
 
 use std::cell::RefCell;
 
-use agent_common::{ProcStats, counter};
+use agent_common::{Counter, Counters, ProcStats};
 use common::{Variant, parse_phases, require_bpf, run_with_stops, variant, variants};
 use goalloc::{
     ebpf::{Engine, EngineOptions},
@@ -28,7 +28,7 @@ struct Measured {
     report: String,
     /// Mismatches, one line each.
     bad: Vec<String>,
-    counters: [u64; counter::COUNT as usize],
+    counters: Counters,
     /// Sum over phases of the `MemStats.Mallocs` deltas, and of goalloc's counts.
     mallocs: u64,
     counted: u64,
@@ -149,17 +149,19 @@ fn measure(v: &Variant) -> Measured {
     let counters = engine.borrow().counters().unwrap();
     report += &format!(
         "probe hits: {} counted, {} skipped as nested in a dispatcher, {} zero-size, {} read errors, {} map full\n",
-        counters[counter::ALLOC_HITS as usize],
-        counters[counter::ALLOC_NESTED_SKIPS as usize],
-        counters[counter::ALLOC_ZERO_SIZE as usize],
-        counters[counter::READ_ERRORS as usize],
-        counters[counter::STATS_MAP_FULL as usize],
+        counters.get(Counter::AllocHits),
+        counters.get(Counter::AllocNestedSkips),
+        counters.get(Counter::AllocZeroSize),
+        counters.get(Counter::ReadErrors),
+        counters.get(Counter::StatsMapFull),
     );
-    for c in [counter::READ_ERRORS, counter::STATS_MAP_FULL] {
-        if counters[c as usize] != 0 {
+    for c in [Counter::ReadErrors, Counter::StatsMapFull] {
+        if counters.get(c) != 0 {
             bad.push(format!(
-                "{}: self-counter {c} is {}",
-                v.label, counters[c as usize]
+                "{}: self-counter {} is {}",
+                v.label,
+                c.name(),
+                counters.get(c)
             ));
         }
     }
@@ -189,7 +191,7 @@ fn check(label: &str, scheme: AllocScheme) {
         // mallocgc dispatched to specialized allocators and those hits were
         // recognised as nested: the double-count guard was exercised.
         assert!(
-            m.counters[counter::ALLOC_NESTED_SKIPS as usize] > 0,
+            m.counters.get(Counter::AllocNestedSkips) > 0,
             "{}",
             m.report
         );

@@ -38,7 +38,10 @@ fn fixture_output_identical_with_and_without_probes() {
             .attach(BinaryKey::of_path(&fixture).unwrap(), &fixture, &plan)
             .unwrap();
         let with = run_with_stops(&fixture, &[], |_| {}, |_, _| {});
-        let hits = engine.counters().unwrap()[agent_common::counter::ALLOC_HITS as usize];
+        let hits = engine
+            .counters()
+            .unwrap()
+            .get(agent_common::Counter::AllocHits);
         drop(engine);
         assert!(hits > 0, "{}: the probes never fired", v.label);
         assert_eq!(

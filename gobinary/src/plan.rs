@@ -5,6 +5,7 @@
 
 use agent_common::{
     ABI_REGISTER, ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange,
+    names,
 };
 
 use crate::{
@@ -27,9 +28,9 @@ impl ProbeKind {
     /// Name of the eBPF program in the object file.
     pub fn program(self) -> &'static str {
         match self {
-            ProbeKind::Alloc => "goalloc_alloc",
-            ProbeKind::GoroutineCreate => "goalloc_goroutine_create",
-            ProbeKind::GoroutineExit => "goalloc_goroutine_exit",
+            ProbeKind::Alloc => names::PROG_ALLOC,
+            ProbeKind::GoroutineCreate => names::PROG_GOROUTINE_CREATE,
+            ProbeKind::GoroutineExit => names::PROG_GOROUTINE_EXIT,
         }
     }
 }

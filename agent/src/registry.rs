@@ -1,0 +1,419 @@
+//! The Go processes goalloc accounts: which run, which executable each runs,
+//! who they are (comm, container, pod), and whether its probes are on them.
+//!
+//! Processes enter through exec events and /proc sweeps and leave through
+//! exit events or the sweep. The registry knows nothing of how figures are
+//! shown: views (the Prometheus exporter, `watch`) take per-process
+//! [`ProcessSnapshot`]s and the final figures of processes that exited.
+
+use std::{
+    collections::{BTreeMap, HashMap, HashSet},
+    sync::Arc,
+    time::Duration,
+};
+
+use agent_common::{Counters, EVENT_EXEC, EVENT_EXIT, ProcEvent, ProcStats};
+use gobinary::plan::{PlanOptions, ProbePlan};
+
+use crate::{
+    attachments::Attachments,
+    classify::{Class, Classifier, FileStamp, SharedClassCache},
+    ebpf::{Engine, EngineError},
+    identity::{cgroup::CgroupIdentity, kube::PodIndex},
+    procfs::{self, BinaryKey, ProcessId},
+};
+
+/// Exited processes kept for views between two takes; beyond this the
+/// oldest are dropped (and counted), so a view that never asks costs nothing.
+const MAX_EXITED: usize = 16_384;
+
+/// Who a process is. Fixed while it runs (an exec makes a new process).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: u32,
+    pub comm: String,
+    /// Path of the executable as the process sees it.
+    pub exe: String,
+    pub go_version: String,
+    pub cgroup: CgroupIdentity,
+}
+
+/// Names from the Kubernetes API, resolved when a snapshot is taken (they
+/// may arrive after the process was first seen). Empty outside a cluster.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PodNames {
+    pub namespace: String,
+    pub pod: String,
+    pub container: String,
+}
+
+/// One process's figures at one moment.
+#[derive(Debug, Clone)]
+pub struct ProcessSnapshot {
+    pub info: Arc<ProcessInfo>,
+    pub pod: PodNames,
+    /// Per-allocation probe counters, when probes are on for this process.
+    pub probes: Option<ProcStats>,
+    /// The process has exited: these are its final figures.
+    pub exited: bool,
+}
+
+/// Which processes the registry takes in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every Go process (the node agent).
+    AllGo,
+    /// These processes only.
+    Pids(HashSet<u32>),
+    /// Every process running this executable.
+    Binary(BinaryKey),
+}
+
+/// The registry's own health figures.
+#[derive(Debug, Default, Clone)]
+pub struct RegistryStats {
+    /// Go binaries that could not be probed, by reason (counted once per file version).
+    pub attach_errors: BTreeMap<&'static str, u64>,
+    pub last_sweep: Duration,
+    pub sweeps: u64,
+    /// Time from the kernel's exec event to the process being tracked, last seen.
+    pub last_exec_to_tracked: Option<Duration>,
+    pub max_exec_to_tracked: Option<Duration>,
+    /// Exited processes dropped before a view took them.
+    pub exited_dropped: u64,
+}
+
+/// A Go process being accounted.
+#[derive(Debug)]
+struct Tracked {
+    info: Arc<ProcessInfo>,
+    id: ProcessId,
+    stamp: FileStamp,
+    /// CLOCK_MONOTONIC when /proc was read to track it.
+    tracked_at_ns: u64,
+    /// Probe counters at the last snapshot: the final ones if the kernel
+    /// resets them at exec before we read them again.
+    last_seen: ProcStats,
+}
+
+pub struct Registry {
+    attachments: Attachments,
+    plan_opts: PlanOptions,
+    scope: Scope,
+    pods: Option<PodIndex>,
+    classes: SharedClassCache,
+    processes: HashMap<u32, Tracked>,
+    exited: Vec<ProcessSnapshot>,
+    /// File versions that cannot be probed (counted once in `attach_errors`,
+    /// not retried).
+    failed: HashSet<FileStamp>,
+    pub stats: RegistryStats,
+}
+
+impl Registry {
+    pub fn new(
+        engine: Engine,
+        plan_opts: PlanOptions,
+        scope: Scope,
+        detach_grace: Duration,
+    ) -> Registry {
+        Registry {
+            attachments: Attachments::new(engine, detach_grace),
+            plan_opts,
+            scope,
+            pods: None,
+            classes: SharedClassCache::default(),
+            processes: HashMap::new(),
+            exited: Vec::new(),
+            failed: HashSet::new(),
+            stats: RegistryStats::default(),
+        }
+    }
+
+    /// Pod metadata became available (the API server answered).
+    pub fn set_pods(&mut self, pods: PodIndex) {
+        self.pods = Some(pods);
+    }
+
+    /// A handle that classifies executables into this registry's cache
+    /// without its lock (see [`Classifier`]).
+    pub fn classifier(&self) -> Classifier {
+        Classifier {
+            cache: self.classes.clone(),
+            opts: self.plan_opts,
+        }
+    }
+
+    pub fn engine(&self) -> &Engine {
+        self.attachments.engine()
+    }
+
+    /// Number of processes being accounted.
+    pub fn len(&self) -> usize {
+        self.processes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.processes.is_empty()
+    }
+
+    fn in_scope(&self, pid: u32, stamp: &FileStamp) -> bool {
+        match &self.scope {
+            Scope::AllGo => true,
+            Scope::Pids(pids) => pids.contains(&pid),
+            Scope::Binary(key) => stamp.key == *key,
+        }
+    }
+
+    /// Starts accounting `pid` if it is in scope and runs a Go binary goalloc
+    /// can probe. Returns whether it is accounted afterwards.
+    pub fn consider(&mut self, pid: u32) -> Result<bool, EngineError> {
+        // Taken before reading /proc: kernel events older than this are
+        // already reflected in what we read (see `on_event`).
+        let now_ns = monotonic_ns();
+        let Ok(id) = ProcessId::of(pid) else {
+            return Ok(false); // already gone
+        };
+        // Kernel threads and processes we may not inspect have no readable exe.
+        let Ok(exe) = procfs::open_exe(pid) else {
+            return Ok(false);
+        };
+        let Ok(stamp) = FileStamp::of_file(exe.file()) else {
+            return Ok(false);
+        };
+        if let Some(t) = self.processes.get(&pid) {
+            if t.id == id && t.stamp == stamp {
+                return Ok(true);
+            }
+            // Another process got the PID, or this one exec'd and the event
+            // was lost: close the old one first.
+            let exec = t.id == id;
+            self.exited(pid, exec)?;
+        }
+        if !self.in_scope(pid, &stamp) || self.failed.contains(&stamp) {
+            return Ok(false);
+        }
+        let exe_name = procfs::exe_target_of(exe.path())
+            .to_string_lossy()
+            .trim_end_matches(" (deleted)")
+            .to_string();
+        let class = self
+            .classes
+            .lock()
+            .get_or_classify(stamp, exe.path(), self.plan_opts);
+        let plan: Arc<ProbePlan> = match class {
+            Class::NotGo => return Ok(false),
+            Class::Unsupported { reason, detail } => {
+                if self.failed.insert(stamp) {
+                    *self.stats.attach_errors.entry(reason).or_default() += 1;
+                    log::warn!("pid {pid}: cannot probe {exe_name}: {detail}");
+                }
+                return Ok(false);
+            }
+            Class::Go(plan) => plan,
+        };
+        if let Scope::Pids(_) = self.scope {
+            self.attachments.engine_mut().watch_pid(pid)?;
+        }
+        match self.attachments.acquire(stamp, exe.path(), &plan) {
+            Ok(s) if s.newly_attached => log::info!(
+                "attached {} probes to {exe_name} ({})",
+                s.probes,
+                plan.go_version
+            ),
+            Ok(_) => {}
+            Err(e) => {
+                // A process that exited meanwhile is not an attach error; a
+                // real failure is not retried for this file version.
+                if id.is_alive() && self.failed.insert(stamp) {
+                    *self.stats.attach_errors.entry("attach").or_default() += 1;
+                    log::warn!("pid {pid}: {e}");
+                }
+                return Ok(false);
+            }
+        }
+        let info = ProcessInfo {
+            pid,
+            comm: procfs::comm(pid).unwrap_or_default(),
+            exe: exe_name,
+            go_version: plan.go_version.clone(),
+            cgroup: crate::identity::cgroup::read(pid).unwrap_or_default(),
+        };
+        self.processes.insert(
+            pid,
+            Tracked {
+                info: Arc::new(info),
+                id,
+                stamp,
+                tracked_at_ns: now_ns,
+                last_seen: ProcStats::ZERO,
+            },
+        );
+        Ok(true)
+    }
+
+    /// Stops accounting `pid`: keeps its final figures for the views, drops
+    /// its kernel map entry, and releases its binary's probes.
+    /// `exec`: the process replaced its image; the kernel already reset its
+    /// counters, so the last values read are its final ones.
+    pub fn exited(&mut self, pid: u32, exec: bool) -> Result<(), EngineError> {
+        let Some(t) = self.processes.remove(&pid) else {
+            return Ok(());
+        };
+        let mut last = t.last_seen;
+        if !exec && let Some(s) = self.attachments.engine().stats(pid)? {
+            last = s;
+        }
+        if !exec {
+            self.attachments.engine_mut().forget_process(pid)?;
+        }
+        self.attachments.release(t.stamp.key);
+        if self.exited.len() >= MAX_EXITED {
+            self.exited.remove(0);
+            self.stats.exited_dropped += 1;
+        }
+        let pod = self.pod_names(&t.info.cgroup);
+        self.exited.push(ProcessSnapshot {
+            info: t.info,
+            pod,
+            probes: Some(last),
+            exited: true,
+        });
+        Ok(())
+    }
+
+    /// Handles one exec/exit event from the kernel. Events older than the
+    /// /proc read that tracked the process are stale: an exec it already
+    /// shows, or the exit of an earlier process with the same PID.
+    pub fn on_event(&mut self, ev: &ProcEvent) -> Result<(), EngineError> {
+        let stale = self
+            .processes
+            .get(&ev.tgid)
+            .is_some_and(|t| ev.ktime_ns < t.tracked_at_ns);
+        match ev.kind {
+            EVENT_EXEC if !stale => {
+                // Same PID, new image: the old one is gone.
+                self.exited(ev.tgid, true)?;
+                if self.consider(ev.tgid)? {
+                    let latency = Duration::from_nanos(monotonic_ns().saturating_sub(ev.ktime_ns));
+                    self.stats.last_exec_to_tracked = Some(latency);
+                    self.stats.max_exec_to_tracked =
+                        self.stats.max_exec_to_tracked.max(Some(latency));
+                }
+            }
+            EVENT_EXIT if !stale => self.exited(ev.tgid, false)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Reconciles with /proc: the safety net for missed events and the way
+    /// processes that started before goalloc are found.
+    pub fn sweep(&mut self) -> Result<(), EngineError> {
+        let started = std::time::Instant::now();
+        let pids = match &self.scope {
+            Scope::Pids(pids) => pids.iter().copied().collect(),
+            _ => procfs::all_pids().unwrap_or_default(),
+        };
+        let gone: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, t)| !t.id.is_alive())
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in gone {
+            self.exited(pid, false)?;
+        }
+        let mut in_use = HashSet::new();
+        for pid in pids {
+            self.consider(pid)?;
+            if let Ok(stamp) = FileStamp::of(&procfs::exe_path(pid)) {
+                in_use.insert(stamp);
+            }
+        }
+        // Kernel entries of processes we do not track (exited before we saw
+        // them, or a binary shared with an untracked process): drop the dead.
+        for (pid, _) in self.attachments.engine().all_stats()? {
+            if !self.processes.contains_key(&pid) && ProcessId::of(pid).is_err() {
+                self.attachments.engine_mut().forget_process(pid)?;
+            }
+        }
+        self.attachments.expire();
+        self.classes.lock().retain(|s| in_use.contains(s));
+        self.failed.retain(|s| in_use.contains(s));
+        self.stats.sweeps += 1;
+        self.stats.last_sweep = started.elapsed();
+        Ok(())
+    }
+
+    /// Names of the pod of a process, resolved now.
+    fn pod_names(&self, cgroup: &CgroupIdentity) -> PodNames {
+        // A container id alone also finds its pod (cgroup layouts that name
+        // no pod).
+        match &self.pods {
+            Some(index) if cgroup.pod_uid.is_some() || cgroup.container_id.is_some() => index
+                .lookup(
+                    cgroup.pod_uid.as_deref().unwrap_or_default(),
+                    cgroup.container_id.as_deref(),
+                )
+                .map(|(namespace, pod, container)| PodNames {
+                    namespace,
+                    pod,
+                    container: container.unwrap_or_default(),
+                })
+                .unwrap_or_default(),
+            _ => PodNames::default(),
+        }
+    }
+
+    /// The figures of every accounted process, by pid. Remembers each
+    /// process's probe counters (see `Tracked::last_seen`).
+    pub fn snapshot(&mut self) -> Result<Vec<ProcessSnapshot>, EngineError> {
+        let mut out = Vec::with_capacity(self.processes.len());
+        let mut pids: Vec<u32> = self.processes.keys().copied().collect();
+        pids.sort_unstable();
+        for pid in pids {
+            let stats = self.attachments.engine().stats(pid)?;
+            let Some(t) = self.processes.get_mut(&pid) else {
+                continue;
+            };
+            if let Some(stats) = stats {
+                t.last_seen = stats;
+            }
+            let (info, probes) = (t.info.clone(), t.last_seen);
+            out.push(ProcessSnapshot {
+                pod: self.pod_names(&info.cgroup),
+                info,
+                probes: Some(probes),
+                exited: false,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Final figures of the processes that exited since the last call.
+    pub fn take_exited(&mut self) -> Vec<ProcessSnapshot> {
+        std::mem::take(&mut self.exited)
+    }
+
+    /// The eBPF self-counters.
+    pub fn counters(&self) -> Result<Counters, EngineError> {
+        self.attachments.engine().counters()
+    }
+
+    /// Number of kernel map entries (for leak checks).
+    pub fn kernel_entries(&self) -> Result<usize, EngineError> {
+        Ok(self.attachments.engine().all_stats()?.len())
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
+}
