@@ -1521,14 +1521,14 @@ mod tests {
     // ---- real Go binaries ----------------------------------------------------
 
     /// Tests on functions compiled by real Go toolchains, cross-checked with
-    /// `go tool objdump`. Toolchains: `GOALLOC_GO_TOOLCHAINS` (colon-separated
-    /// `go` binaries), else the ones this repository uses.
+    /// `go tool objdump`. Toolchains: as `testutil` finds them
+    /// (`GOALLOC_GO_TOOLCHAINS`, else those `cargo xtask setup` installs).
     mod real {
         use super::super::*;
         use object::{Object, ObjectSection, ObjectSymbol, SymbolKind};
         use std::collections::{BTreeMap, HashMap};
         use std::path::{Path, PathBuf};
-        use std::process::Command;
+        use testutil::{Toolchain, go_command};
 
         const PROGRAM: &str = r#"package main
 
@@ -1593,83 +1593,18 @@ func main() {
 }
 "#;
 
-        struct Toolchain {
-            go: PathBuf,
-            version: String,
-        }
-
-        fn toolchains() -> Vec<Toolchain> {
-            // Listed explicitly: every entry must exist. Defaults: those present.
-            let candidates: Vec<PathBuf> = match std::env::var("GOALLOC_GO_TOOLCHAINS") {
-                Ok(list) if !list.trim().is_empty() => {
-                    let listed: Vec<PathBuf> = list
-                        .split(':')
-                        .filter(|s| !s.is_empty())
-                        .map(PathBuf::from)
-                        .collect();
-                    for go in &listed {
-                        assert!(
-                            go.is_file(),
-                            "GOALLOC_GO_TOOLCHAINS: {} does not exist",
-                            go.display()
-                        );
-                    }
-                    listed
-                }
-                _ => {
-                    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-                    vec![
-                        PathBuf::from("/usr/bin/go"),
-                        repo.join(".cache/go/1.21.13/go/bin/go"),
-                        repo.join(".cache/go/1.27.3/go/bin/go"),
-                    ]
-                }
-            };
-            let found: Vec<Toolchain> = candidates
-                .into_iter()
-                .filter(|go| go.is_file())
-                .map(|go| {
-                    let out = go_command(&go)
-                        .args(["env", "GOVERSION"])
-                        .output()
-                        .expect("run go env");
-                    assert!(
-                        out.status.success(),
-                        "{} env GOVERSION failed: {}",
-                        go.display(),
-                        String::from_utf8_lossy(&out.stderr)
-                    );
-                    let version = String::from_utf8_lossy(&out.stdout).trim().to_string();
-                    Toolchain { go, version }
-                })
-                .collect();
-            assert!(
-                !found.is_empty(),
-                "no Go toolchain found: set GOALLOC_GO_TOOLCHAINS to a colon-separated list of `go` binaries \
-                 (defaults: /usr/bin/go, .cache/go/1.21.13/go/bin/go, .cache/go/1.27.3/go/bin/go)"
-            );
-            found
-        }
-
-        fn go_command(go: &Path) -> Command {
-            let mut cmd = Command::new(go);
-            let cache = std::env::var_os("GOCACHE")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gocache"));
-            cmd.env("GOTOOLCHAIN", "local")
-                .env("GOFLAGS", "-buildvcs=false")
-                .env("GOCACHE", cache)
-                .env("CGO_ENABLED", "0");
-            cmd
+        fn toolchains() -> &'static [Toolchain] {
+            testutil::toolchains_or_panic()
         }
 
         /// Builds PROGRAM for `goarch` (with extra `go build` flags) into `dir`.
         fn build(tc: &Toolchain, goarch: &str, flags: &[&str], dir: &Path) -> PathBuf {
             let src = dir.join("main.go");
             std::fs::write(&src, PROGRAM).unwrap();
-            let bin = dir.join(format!("prog-{}-{goarch}{}", tc.version, flags.join("")));
+            let bin = dir.join(format!("prog-{}-{goarch}{}", tc.goversion, flags.join("")));
             let out = go_command(&tc.go)
                 .current_dir(dir)
+                .env("CGO_ENABLED", "0")
                 .env("GOARCH", goarch)
                 .env("GOOS", "linux")
                 .arg("build")
@@ -1682,7 +1617,7 @@ func main() {
             assert!(
                 out.status.success(),
                 "{} build for {goarch} failed: {}",
-                tc.version,
+                tc.goversion,
                 String::from_utf8_lossy(&out.stderr)
             );
             bin
@@ -1839,7 +1774,7 @@ func main() {
                     assert!(
                         !exits.is_empty(),
                         "{}: neither gdestroy nor goexit0",
-                        tc.version
+                        tc.goversion
                     );
                     expect_after.extend(exits.iter().map(|s| s.to_string()));
                     expect_after.extend(
@@ -1866,7 +1801,7 @@ func main() {
                         assert!(
                             bin.funcs.contains_key("debugCall1024"),
                             "{}: no debugCall1024",
-                            tc.version
+                            tc.goversion
                         );
                         expect_after.push("debugCall1024".into());
                     }
@@ -1884,13 +1819,13 @@ func main() {
                     for name in &expect_after {
                         let (addr, result) = probe(&bin, name);
                         let point = result.unwrap_or_else(|e| {
-                            panic!("{} {goarch}{flags:?} {name}: {e}", tc.version)
+                            panic!("{} {goarch}{flags:?} {name}: {e}", tc.goversion)
                         });
                         assert_eq!(
                             point.placement,
                             Placement::AfterStackCheck,
                             "{} {goarch} {name}: {point:?}",
-                            tc.version
+                            tc.goversion
                         );
                         let listing = listings
                             .get(name)
@@ -1898,7 +1833,7 @@ func main() {
                         check_against_objdump(name, bin.arch, addr, &point, listing);
                         eprintln!(
                             "{} {goarch}{flags:?} {name}: +{:#x} `{}`",
-                            tc.version, point.offset, point.instruction
+                            tc.goversion, point.offset, point.instruction
                         );
                         checked += 1;
                     }
@@ -1908,7 +1843,7 @@ func main() {
                         leaf.placement,
                         Placement::Entry,
                         "{} {goarch} main.leaf",
-                        tc.version
+                        tc.goversion
                     );
                     check_against_objdump(
                         "main.leaf",
@@ -1930,9 +1865,9 @@ func main() {
         fn every_runtime_function_of_go_1_27() {
             let tcs = toolchains();
             assert!(
-                tcs.iter().any(|tc| tc.version.starts_with("go1.27")),
+                tcs.iter().any(|tc| tc.version[..2] == [1, 27]),
                 "no Go 1.27 toolchain among {:?}: add one to GOALLOC_GO_TOOLCHAINS",
-                tcs.iter().map(|t| &t.version).collect::<Vec<_>>()
+                tcs.iter().map(|t| &t.goversion).collect::<Vec<_>>()
             );
             let dir = tempfile::tempdir().unwrap();
             for (tc, goarch) in tcs.iter().flat_map(|tc| [(tc, "amd64"), (tc, "arm64")]) {
@@ -1957,7 +1892,7 @@ func main() {
                             point.placement == Placement::AfterStackCheck,
                             calls_morestack,
                             "{} {goarch} {name}: {point:?}, but objdump {} a morestack call",
-                            tc.version,
+                            tc.goversion,
                             if calls_morestack { "shows" } else { "shows no" }
                         );
                     }
@@ -1979,7 +1914,7 @@ func main() {
                                             assert!(
                                                 !asm.contains(sign),
                                                 "{} {goarch} {name}: Entry, but objdump shows `{asm}`",
-                                                tc.version
+                                                tc.goversion
                                             );
                                         }
                                     }
@@ -2000,7 +1935,7 @@ func main() {
                 let total = after + entry + unrecognised + other;
                 println!(
                     "{} {goarch}: {total} runtime functions: {after} AfterStackCheck, {entry} Entry, {unrecognised} Unrecognised, {other} other errors",
-                    tc.version
+                    tc.goversion
                 );
                 for (reason, names) in &reasons {
                     println!(

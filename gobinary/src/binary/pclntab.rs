@@ -88,33 +88,46 @@ pub struct FuncLayout {
     pub name_off: FieldOffset,
     /// `_func.pcsp`: `uint32` offset of the SP-delta table into pctab.
     pub pcsp: FieldOffset,
+    /// `_func.npcdata`: `uint32` count of the pcdata offsets that follow.
+    pub npcdata: FieldOffset,
+    /// `_func.nfuncdata`: `uint8` count of the funcdata offsets after them
+    /// (`uint32` from 1.18, pointer-aligned `uintptr` before).
+    pub nfuncdata: FieldOffset,
     /// Size of the fixed part of `_func` (before pcdata and funcdata).
     pub fixed_size: FieldOffset,
 }
 
-/// Go 1.16-1.17 (magic [`MAGIC_GO116`]).
+/// Go 1.16-1.17 (magic [`MAGIC_GO116`]). No toolchain this old is tested
+/// against; checked on synthetic tables only.
 pub const FUNC_LAYOUT_GO116: FuncLayout = FuncLayout {
     functab_field: AddrWidth::Word,
     entry: FieldOffset::new(0, 0),
     entry_width: AddrWidth::Word,
     name_off: FieldOffset::new(1, 0),
     pcsp: FieldOffset::new(1, 12),
+    npcdata: FieldOffset::new(1, 24),
+    nfuncdata: FieldOffset::new(1, 35),
     fixed_size: FieldOffset::new(1, 36),
 };
 
-/// Go 1.18-1.19 (magic [`MAGIC_GO118`]): 32-bit entry offsets.
+/// Go 1.18-1.19 (magic [`MAGIC_GO118`]): 32-bit entry offsets. Checked on
+/// Debian's Go 1.19 builds.
 pub const FUNC_LAYOUT_GO118: FuncLayout = FuncLayout {
     functab_field: AddrWidth::U32,
     entry: FieldOffset::new(0, 0),
     entry_width: AddrWidth::U32,
     name_off: FieldOffset::new(0, 4),
     pcsp: FieldOffset::new(0, 16),
+    npcdata: FieldOffset::new(0, 28),
+    nfuncdata: FieldOffset::new(0, 39),
     fixed_size: FieldOffset::new(0, 40),
 };
 
-/// Go 1.20 and later (magic [`MAGIC_GO120`], checked up to Go 1.27):
-/// `startLine` added after `cuOffset`; the fields read here did not move.
+/// Go 1.20 and later (magic [`MAGIC_GO120`], checked on Go 1.21 to 1.27):
+/// `startLine int32` added after `cuOffset`; the fields before it did not
+/// move.
 pub const FUNC_LAYOUT_GO120: FuncLayout = FuncLayout {
+    nfuncdata: FieldOffset::new(0, 43),
     fixed_size: FieldOffset::new(0, 44),
     ..FUNC_LAYOUT_GO118
 };

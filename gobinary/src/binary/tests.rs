@@ -1,18 +1,12 @@
-//! Tests on real Go binaries, built once per test run with every available
-//! toolchain (env `GOALLOC_GO_TOOLCHAINS`, a colon-separated list of `go`
-//! binaries, else the default paths below). No toolchain = test failure.
+//! Tests on real Go binaries, built once per test run with every toolchain
+//! `testutil` finds (env `GOALLOC_GO_TOOLCHAINS`, else those `cargo xtask
+//! setup` installs). No toolchain = test failure.
 
 use super::*;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
-
-const DEFAULT_TOOLCHAINS: &[&str] = &[
-    "/usr/bin/go",
-    "/work/main/.cache/go/1.21.13/go/bin/go",
-    "/work/main/.cache/go/1.27.3/go/bin/go",
-];
 
 const AMD64_PROLOGUE: [u8; 4] = [0x49, 0x3b, 0x66, 0x10]; // CMPQ SP, 0x10(R14)
 const ARM64_PROLOGUE: [u8; 4] = [0x90, 0x0b, 0x40, 0xf9]; // MOVD 16(R28), R16
@@ -167,54 +161,10 @@ fn fixture() -> &'static Fixture {
     }
 }
 
-fn toolchain_paths() -> Result<Vec<PathBuf>, String> {
-    if let Ok(list) = std::env::var("GOALLOC_GO_TOOLCHAINS") {
-        let paths: Vec<PathBuf> = list
-            .split(':')
-            .filter(|s| !s.trim().is_empty())
-            .map(PathBuf::from)
-            .collect();
-        if paths.is_empty() {
-            return Err("GOALLOC_GO_TOOLCHAINS is set but lists no go binaries".into());
-        }
-        let missing: Vec<_> = paths.iter().filter(|p| !p.is_file()).collect();
-        if !missing.is_empty() {
-            return Err(format!(
-                "GOALLOC_GO_TOOLCHAINS lists go binaries that do not exist: {missing:?}"
-            ));
-        }
-        return Ok(paths);
-    }
-    let found: Vec<PathBuf> = DEFAULT_TOOLCHAINS
-        .iter()
-        .map(PathBuf::from)
-        .filter(|p| p.is_file())
-        .collect();
-    if found.is_empty() {
-        return Err(format!(
-            "no Go toolchain found: set GOALLOC_GO_TOOLCHAINS to a colon-separated list of \
-             `go` binaries (defaults tried: {DEFAULT_TOOLCHAINS:?})"
-        ));
-    }
-    Ok(found)
-}
-
-fn go_command(go: &Path, gocache: &Path, tmp: &Path) -> Command {
-    let mut cmd = Command::new(go);
-    for (k, _) in std::env::vars_os() {
-        let k = k.to_string_lossy().into_owned();
-        if k.starts_with("GO") || k.starts_with("CGO_") {
-            cmd.env_remove(&k);
-        }
-    }
-    cmd.env("GOTOOLCHAIN", "local")
-        .env("GOFLAGS", "-buildvcs=false")
-        .env("GOCACHE", gocache)
-        .env("GOPATH", tmp.join("gopath"))
-        .env("GOPROXY", "off")
-        .env("GO111MODULE", "on")
-        .env("GOENV", "off")
-        .env("GOTMPDIR", tmp);
+/// `go` for building into `tmp` (its temp files too, removed with it).
+fn go_command(go: &Path, tmp: &Path) -> Command {
+    let mut cmd = testutil::go_command(go);
+    cmd.env("GOTMPDIR", tmp);
     cmd
 }
 
@@ -233,7 +183,7 @@ fn run(cmd: &mut Command) -> Result<String, String> {
 }
 
 fn build_fixture() -> Result<Fixture, String> {
-    let paths = toolchain_paths()?;
+    let found = testutil::toolchains()?;
     let dir = tempfile::Builder::new()
         .prefix("goalloc-binary-tests-")
         .tempdir()
@@ -245,17 +195,13 @@ fn build_fixture() -> Result<Fixture, String> {
             libc::atexit(remove_temp_dir);
         }
     }
-    let gocache = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/gocache");
-    std::fs::create_dir_all(&gocache).map_err(|e| format!("{}: {e}", gocache.display()))?;
-
     let results: Vec<Result<Toolchain, String>> = std::thread::scope(|s| {
-        let handles: Vec<_> = paths
+        let handles: Vec<_> = found
             .iter()
             .enumerate()
-            .map(|(i, go)| {
+            .map(|(i, tc)| {
                 let tdir = dir.join(format!("tc{i}"));
-                let gocache = gocache.clone();
-                s.spawn(move || build_toolchain(go, &tdir, &gocache))
+                s.spawn(move || build_toolchain(tc, &tdir))
             })
             .collect();
         handles
@@ -270,7 +216,8 @@ fn build_fixture() -> Result<Fixture, String> {
     Ok(Fixture { toolchains })
 }
 
-fn build_toolchain(go: &Path, dir: &Path, gocache: &Path) -> Result<Toolchain, String> {
+fn build_toolchain(tc: &testutil::Toolchain, dir: &Path) -> Result<Toolchain, String> {
+    let go = tc.go.as_path();
     let io = |e: std::io::Error| format!("{}: {e}", dir.display());
     let plain = dir.join("plain");
     let cgo = dir.join("cgo");
@@ -282,7 +229,7 @@ fn build_toolchain(go: &Path, dir: &Path, gocache: &Path) -> Result<Toolchain, S
         std::fs::write(d.join("go.mod"), format!("module {module}\n\ngo 1.16\n")).map_err(io)?;
         std::fs::write(d.join("main.go"), src).map_err(io)?;
     }
-    let goversion = run(go_command(go, gocache, dir).args(["env", "GOVERSION"]))?;
+    let goversion = tc.goversion.clone();
     let version = GoVersion::parse(&goversion)
         .ok_or_else(|| format!("{}: cannot parse GOVERSION {goversion:?}", go.display()))?;
 
@@ -292,7 +239,7 @@ fn build_toolchain(go: &Path, dir: &Path, gocache: &Path) -> Result<Toolchain, S
             continue;
         }
         let out = dir.join("bin").join(format!("{v:?}").to_lowercase());
-        let mut cmd = go_command(go, gocache, dir);
+        let mut cmd = go_command(go, dir);
         cmd.current_dir(if v.cgo() { &cgo } else { &plain });
         cmd.args(["build", "-o"]).arg(&out);
         if v.pie() {
@@ -679,6 +626,166 @@ fn largest_body_wins() {
         }
         Ok(())
     });
+}
+
+#[test]
+fn function_at_maps_every_function_back() {
+    check_all(|_, b| {
+        let bin = &b.bin;
+        let all: Vec<&Function> = bin.functions_by_address().collect();
+        ensure(all.len() > 1000, || format!("only {} functions", all.len()))?;
+        if let Some(p) = all.windows(2).find(|p| p[0].end > p[1].entry) {
+            return Err(format!("overlapping ranges {:?} and {:?}", p[0], p[1]));
+        }
+        for &f in &all {
+            for addr in [f.entry, f.end - 1] {
+                let got = bin.function_at(addr);
+                ensure(got == Some(f), || {
+                    format!("function_at({addr:#x}) = {got:?}, want {f:?}")
+                })?;
+            }
+        }
+        let (first, last) = (all[0], all[all.len() - 1]);
+        for addr in [0, first.entry - 1, last.end, u64::MAX] {
+            let got = bin.function_at(addr);
+            ensure(got.is_none(), || {
+                format!("function_at({addr:#x}) outside text = {got:?}")
+            })?;
+        }
+        // With .symtab a function ends at its exact size: the alignment
+        // padding after it belongs to no function. (amd64 pads functions to
+        // 32 bytes; arm64 code before Go 1.26 may have no padding at all.)
+        if bin.symbol_source() == SymbolSource::Symtab {
+            let gap = all.windows(2).find(|p| p[0].end < p[1].entry);
+            ensure(gap.is_some() || bin.arch() != Arch::X86_64, || {
+                "no padding between any two functions".into()
+            })?;
+            if let Some(gap) = gap {
+                let got = bin.function_at(gap[0].end);
+                ensure(got.is_none(), || {
+                    format!("function_at({:#x}) in padding = {got:?}", gap[0].end)
+                })?;
+            }
+        }
+        // The planner's functions, and every copy of a name (ABI0 wrapper
+        // and body), are found by address under their name.
+        for name in ["runtime.mallocgc", "runtime.newproc1"] {
+            let f = bin.lookup(name).ok_or_else(|| format!("no {name}"))?;
+            let got = bin.function_at(f.entry + 1).map(|g| g.name.as_str());
+            ensure(got == Some(name), || format!("{name}: {got:?}"))?;
+        }
+        let copies: Vec<Function> = bin
+            .pclntab_functions_all()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .filter(|f| f.name == "runtime.newproc")
+            .collect();
+        ensure(copies.len() >= 2, || format!("runtime.newproc: {copies:?}"))?;
+        for f in &copies {
+            let got = bin.function_at(f.entry).map(|g| g.name.as_str());
+            ensure(got == Some("runtime.newproc"), || {
+                format!("copy {f:?} found as {got:?}")
+            })?;
+        }
+        Ok(())
+    });
+}
+
+/// The `_func` and moduledata layouts hold on every fixture `cargo xtask
+/// fixtures` built (Go 1.19 to 1.27; plain, stripped, PIE, cgo): the table
+/// has the version's magic, moduledata is found through
+/// [`MODULEDATA_GO116`], and each `_func` record is exactly as long as the
+/// layout's fixed part plus the pcdata and funcdata it counts (so every
+/// field before them sits where the layout says).
+#[test]
+fn layouts_hold_on_every_fixture() {
+    let dir = testutil::fixture_dir();
+    let mut variants: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot read the fixtures in {}: {e}; run `cargo xtask fixtures`",
+                dir.display()
+            )
+        })
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    variants.sort();
+    let mut checked = 0;
+    let mut failures = Vec::new();
+    for variant in &variants {
+        let Ok(entries) = std::fs::read_dir(variant) else {
+            continue;
+        };
+        for path in entries.filter_map(|e| e.ok().map(|e| e.path())) {
+            if path.extension().is_some() || !path.is_file() {
+                continue; // variant.json
+            }
+            checked += 1;
+            if let Err(e) = check_layouts(&path) {
+                failures.push(format!("{}: {e}", path.display()));
+            }
+        }
+    }
+    assert!(
+        checked >= 40,
+        "only {checked} fixtures in {}: run `cargo xtask fixtures`",
+        dir.display()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+fn check_layouts(path: &Path) -> Result<(), String> {
+    let bin = GoBinary::open(path).map_err(|e| e.to_string())?;
+    let info = bin.pclntab_info().map_err(|e| e.to_string())?;
+    let h = &info.header;
+    let v = bin.go_version();
+    let want = if v >= GoVersion::new(1, 20, 0) {
+        PclnVersion::Go120
+    } else if v >= GoVersion::new(1, 18, 0) {
+        PclnVersion::Go118
+    } else {
+        PclnVersion::Go116
+    };
+    ensure(h.version == want, || format!("{v}: table {:?}", h.version))?;
+    ensure(info.moduledata.is_some(), || "no moduledata".into())?;
+    let table = bin
+        .elf
+        .read_vaddr_to_segment_end(bin.data(), info.vaddr)
+        .ok_or("table unreadable")?;
+    let l = h.version.func_layout();
+    let ps = h.ptr_size;
+    let field = l.functab_field;
+    let read = |off: u64| match field {
+        pclntab::AddrWidth::Word => bytes::word(table, off, ps, false),
+        pclntab::AddrWidth::U32 => bytes::u32_le(table, off).map(u64::from),
+    };
+    let funcoff = |i: u64| read(h.pcln_offset + i * 2 * field.size(ps) + field.size(ps));
+    let mut records = 0;
+    for i in 0..h.nfunc.saturating_sub(1) {
+        let (a, b) = (
+            funcoff(i).ok_or("functab")?,
+            funcoff(i + 1).ok_or("functab")?,
+        );
+        let rec = h.pcln_offset + a;
+        let npcdata = bytes::u32_le(table, rec + l.npcdata.at(ps)).ok_or("npcdata")?;
+        let nfuncdata = bytes::u8_at(table, rec + l.nfuncdata.at(ps)).ok_or("nfuncdata")?;
+        let pcdata_end = l.fixed_size.at(ps) + 4 * u64::from(npcdata);
+        let size = if h.version.uses_text_start() {
+            pcdata_end + 4 * u64::from(nfuncdata)
+        } else {
+            pcdata_end.next_multiple_of(u64::from(ps)) + u64::from(ps) * u64::from(nfuncdata)
+        };
+        // Records follow each other, aligned to at most a pointer.
+        let len = b.wrapping_sub(a);
+        ensure(len >= size && len < size + u64::from(ps), || {
+            format!(
+                "_func #{i}: {len} bytes apart, layout says {size} (npcdata {npcdata}, nfuncdata {nfuncdata})"
+            )
+        })?;
+        records += 1;
+    }
+    ensure(records > 1000, || format!("only {records} records"))
 }
 
 /// Removes the section header table, as some packers/strippers do.
