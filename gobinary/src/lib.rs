@@ -9,6 +9,7 @@
 pub mod binary;
 pub mod plan;
 pub mod prologue;
+pub mod runtime;
 /// Synthetic function tables for tests and fuzz seeds (feature `synth`).
 #[cfg(any(test, feature = "synth"))]
 pub mod synth;
