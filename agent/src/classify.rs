@@ -10,22 +10,26 @@ use std::{
     sync::{Arc, Mutex, MutexGuard},
 };
 
-use object::{Object, ObjectSection, read::ReadCache};
-
 use gobinary::{
-    binary::GoBinary,
+    binary::{
+        BinaryError, GoBinary, MappedFile,
+        elf::{Elf, ElfError},
+    },
     plan::{self, PlanOptions, ProbePlan},
 };
 
 use crate::procfs::{self, BinaryKey};
 
 /// One version of a file: the inode plus what changes when it is rewritten.
+/// Times are kept as (seconds, nanoseconds) as `stat` gives them: folding
+/// them into one nanosecond count overflows for far-future times, which
+/// anyone can set on a file (`touch -d`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct FileStamp {
     pub key: BinaryKey,
     pub size: u64,
-    pub mtime_ns: i64,
-    pub ctime_ns: i64,
+    pub mtime: (i64, i64),
+    pub ctime: (i64, i64),
 }
 
 impl FileStamp {
@@ -38,8 +42,8 @@ impl FileStamp {
         Ok(FileStamp {
             key: BinaryKey::of_file(file)?,
             size: m.size(),
-            mtime_ns: m.mtime() * 1_000_000_000 + m.mtime_nsec(),
-            ctime_ns: m.ctime() * 1_000_000_000 + m.ctime_nsec(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
         })
     }
 }
@@ -57,41 +61,47 @@ pub enum Class {
     },
 }
 
-/// Whether the ELF file can be a Go program, reading only its headers. `None`
-/// when that cannot be told cheaply (no section headers: read it whole).
-pub fn may_be_go(path: &Path) -> std::io::Result<Option<bool>> {
-    let file = File::open(path)?;
-    let cache = ReadCache::new(file);
-    let Ok(obj) = object::File::parse(&cache) else {
-        // Not ELF (a script run through binfmt, say) or unreadable headers.
-        return Ok(Some(false));
+/// Whether the mapped file can be a Go program, from its ELF headers and
+/// section names only (the pages holding them are all that is read). `None`
+/// when that cannot be told cheaply: no section headers, or headers our
+/// reader rejects (the full parse then says what is wrong).
+pub fn may_be_go(file: &[u8]) -> Option<bool> {
+    let elf = match Elf::parse(file) {
+        Ok(elf) => elf,
+        // Not ELF (a script run through binfmt, say).
+        Err(ElfError::NotElf) => return Some(false),
+        // 32-bit or big-endian: never a program goalloc can probe.
+        Err(ElfError::Unsupported(_)) => return Some(false),
+        Err(ElfError::Malformed(_)) => return None,
     };
-    if obj.sections().next().is_none() {
-        return Ok(None);
+    if elf.sections.is_empty() {
+        return None;
     }
-    Ok(Some(obj.sections().any(|s| {
+    Some(elf.sections.iter().any(|s| {
         matches!(
-            s.name(),
-            Ok(".go.buildinfo" | ".gopclntab" | ".data.rel.ro.gopclntab")
+            s.name.as_str(),
+            ".go.buildinfo" | ".gopclntab" | ".data.rel.ro.gopclntab"
         )
-    })))
+    }))
 }
 
 /// Classifies the executable at `path` (usually `/proc/PID/exe`).
 pub fn classify(path: &Path, opts: PlanOptions) -> Class {
-    match may_be_go(path) {
-        Ok(Some(false)) => return Class::NotGo,
-        Ok(_) => {}
+    let file = match MappedFile::open(path) {
+        Ok(f) => f,
         Err(e) => {
             return Class::Unsupported {
                 reason: "unreadable",
                 detail: e.to_string(),
             };
         }
+    };
+    if may_be_go(&file) == Some(false) {
+        return Class::NotGo;
     }
-    let bin = match GoBinary::open(path) {
+    let bin = match GoBinary::from_mapped(file) {
         Ok(b) => b,
-        Err(gobinary::binary::BinaryError::NotGo | gobinary::binary::BinaryError::NotElf) => {
+        Err(BinaryError::NotGo | BinaryError::NotElf) => {
             return Class::NotGo;
         }
         Err(e) => {
@@ -197,7 +207,11 @@ mod tests {
 
     #[test]
     fn non_go_executables_are_rejected_from_headers() {
-        assert_eq!(may_be_go(Path::new("/bin/sh")).unwrap(), Some(false));
+        let sh = MappedFile::open(Path::new("/bin/sh")).unwrap();
+        assert_eq!(may_be_go(&sh), Some(false));
+        assert_eq!(may_be_go(b"#!/bin/sh\n"), Some(false));
+        assert_eq!(may_be_go(b"\x7fELF\x01\x01\x01"), Some(false)); // 32-bit
+        assert_eq!(may_be_go(b"\x7fELF\x02\x01\x01"), None); // truncated
         assert!(matches!(
             classify(Path::new("/bin/sh"), PlanOptions::default()),
             Class::NotGo
@@ -231,6 +245,28 @@ mod tests {
         ));
         // A PID that does not exist is left alone.
         assert!(!classifier.warm(u32::MAX));
+    }
+
+    /// A far-future mtime (anyone can set one: `touch -d`) must not overflow:
+    /// it panicked in debug builds when folded into nanoseconds.
+    #[test]
+    fn extreme_mtime_does_not_overflow() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("f");
+        std::fs::write(&f, "a").unwrap();
+        let far = std::time::UNIX_EPOCH + std::time::Duration::from_secs(i64::MAX as u64);
+        let file = File::options().write(true).open(&f).unwrap();
+        file.set_modified(far).unwrap();
+        // The file system clamps to what it can store (ext4: year 2446),
+        // still far past what fits in i64 nanoseconds (year 2262).
+        let stamp = FileStamp::of(&f).unwrap();
+        assert!(
+            stamp.mtime.0 > i64::MAX / 1_000_000_000,
+            "the file system kept mtime {:?}: this test needs one past 2262",
+            stamp.mtime
+        );
+        let m = std::fs::metadata(&f).unwrap();
+        assert_eq!(stamp.mtime, (m.mtime(), m.mtime_nsec()));
     }
 
     #[test]

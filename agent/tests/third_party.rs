@@ -27,50 +27,23 @@ const DEBIAN: &[(&str, &str)] = &[
     ("go-mmproxy", "/usr/bin/go-mmproxy"),
 ];
 
-fn toolchains() -> Vec<PathBuf> {
-    let list = std::env::var("GOALLOC_GO_TOOLCHAINS")
-        .expect("GOALLOC_GO_TOOLCHAINS is not set: run the tests with `cargo xtask test`");
-    list.split(':')
-        .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
-        .collect()
-}
-
-/// `go env GOVERSION` as comparable numbers ("go1.27.3" -> [1, 27, 3]).
-fn go_version(go: &Path) -> Vec<u32> {
-    let out = Command::new(go)
-        .args(["env", "GOVERSION"])
-        .env("GOTOOLCHAIN", "local")
-        .output()
-        .unwrap_or_else(|e| panic!("{}: {e}", go.display()));
-    let text = String::from_utf8_lossy(&out.stdout);
-    text.trim()
-        .trim_start_matches("go")
-        .split(|c: char| !c.is_ascii_digit())
-        .map_while(|n| n.parse().ok())
-        .collect()
-}
-
 /// Go's own pclntab reader, built once with the newest toolchain: an older
 /// debug/gosym does not know the newer table formats.
 fn symdump() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
-        let go = toolchains()
-            .into_iter()
-            .max_by_key(|g| go_version(g))
-            .unwrap();
+        let go = testutil::newest().unwrap_or_else(|e| panic!("{e}"));
         let out = std::env::temp_dir().join(format!("goalloc-symdump-{}", std::process::id()));
         let src = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/go/symdump/main.go");
-        let status = Command::new(&go)
+        let status = go
+            .command()
             .args(["build", "-o"])
             .arg(&out)
             .arg(src)
-            .env("GOTOOLCHAIN", "local")
-            .env("GOFLAGS", "-buildvcs=false")
+            .env("CGO_ENABLED", "0")
             .status()
             .unwrap();
-        assert!(status.success(), "building symdump with {}", go.display());
+        assert!(status.success(), "building symdump with {}", go.goversion);
         out
     })
 }
@@ -191,7 +164,8 @@ fn debian_go_programs() {
 #[test]
 fn official_go_toolchain_binaries() {
     let mut checked = 0;
-    for go in toolchains() {
+    for tc in testutil::toolchains_or_panic() {
+        let go = &tc.go;
         // The `go` command and its compiler, as built by the Go project.
         let compile = go
             .parent()
