@@ -133,21 +133,40 @@ pub fn comm(pid: u32) -> Result<String, ProcError> {
     Ok(s.trim_end_matches('\n').to_string())
 }
 
-/// The process start time (clock ticks since boot), which together with the
-/// PID identifies a process across PID reuse.
-pub fn start_time(pid: u32) -> Result<u64, ProcError> {
+/// What goalloc reads of `/proc/PID/stat`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stat {
+    /// Field 3: `R`, `S`, `Z`...
+    pub state: char,
+    /// Field 22: start time in clock ticks since boot, which together with
+    /// the PID identifies a process across PID reuse.
+    pub start_time: u64,
+}
+
+impl Stat {
+    /// Exited, with only its parent yet to collect it (`Z`), or dead (`X`).
+    pub fn has_exited(&self) -> bool {
+        matches!(self.state, 'Z' | 'X')
+    }
+}
+
+/// Reads `/proc/PID/stat` once.
+pub fn stat(pid: u32) -> Result<Stat, ProcError> {
     let s = fs::read_to_string(proc_path(pid, "stat")).map_err(io_err(pid))?;
-    parse_start_time(&s).ok_or_else(|| ProcError::Io {
+    parse_stat(&s).ok_or_else(|| ProcError::Io {
         pid,
         source: io::Error::new(io::ErrorKind::InvalidData, "malformed /proc/PID/stat"),
     })
 }
 
-/// Field 22 of /proc/PID/stat. The command name (field 2) may contain spaces
+/// Parses `/proc/PID/stat`. The command name (field 2) may contain spaces
 /// and parentheses, so fields are counted after its last ')'.
-pub fn parse_start_time(stat: &str) -> Option<u64> {
+pub fn parse_stat(stat: &str) -> Option<Stat> {
     let rest = &stat[stat.rfind(')')? + 1..];
-    rest.split_ascii_whitespace().nth(19)?.parse().ok()
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start_time = fields.nth(18)?.parse().ok()?;
+    Some(Stat { state, start_time })
 }
 
 /// A running process identified across PID reuse.
@@ -161,27 +180,15 @@ impl ProcessId {
     pub fn of(pid: u32) -> Result<ProcessId, ProcError> {
         Ok(ProcessId {
             pid,
-            start_time: start_time(pid)?,
+            start_time: stat(pid)?.start_time,
         })
     }
 
-    /// Whether this very process still runs (not exited, PID not reused).
+    /// Whether this very process still runs (not exited, PID not reused):
+    /// one read of `/proc/PID/stat`.
     pub fn is_alive(&self) -> bool {
-        matches!(start_time(self.pid), Ok(t) if t == self.start_time) && !is_zombie(self.pid)
+        matches!(stat(self.pid), Ok(s) if s.start_time == self.start_time && !s.has_exited())
     }
-}
-
-/// A zombie has exited; only its parent has not collected it yet.
-fn is_zombie(pid: u32) -> bool {
-    fs::read_to_string(proc_path(pid, "stat"))
-        .ok()
-        .and_then(|s| {
-            let rest = &s[s.rfind(')')? + 1..];
-            rest.split_ascii_whitespace()
-                .next()
-                .map(|st| st == "Z" || st == "X")
-        })
-        .unwrap_or(true)
 }
 
 /// Every process id currently in /proc.
@@ -200,11 +207,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn start_time_survives_odd_comm() {
-        let stat = "1234 (a) b (c)) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
-        assert_eq!(parse_start_time(stat), Some(98765));
-        assert_eq!(parse_start_time("garbage"), None);
-        assert_eq!(parse_start_time("1 (x) S 1"), None);
+    fn stat_survives_odd_comm() {
+        let stat = "1234 (a) b (c)) Z 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10 18446744073709551615";
+        assert_eq!(
+            parse_stat(stat),
+            Some(Stat {
+                state: 'Z',
+                start_time: 98765
+            })
+        );
+        assert!(parse_stat(stat).unwrap().has_exited());
+        assert_eq!(parse_stat("garbage"), None);
+        assert_eq!(parse_stat("1 (x) S 1"), None);
+        assert_eq!(parse_stat("1 (x) "), None);
     }
 
     #[test]

@@ -40,6 +40,12 @@ fn assert_one_line_error(args: &[&str], needle: &str) {
         "{args:?}: {:?} lacks {needle:?}",
         lines[0]
     );
+    // Causes are not repeated ("...: No such file (os error 2): No such file (os error 2)").
+    assert!(
+        lines[0].matches("os error").count() <= 1,
+        "{args:?}: cause repeated in {:?}",
+        lines[0]
+    );
 }
 
 #[test]
@@ -54,6 +60,7 @@ fn errors_are_one_clear_line() {
     );
     assert_one_line_error(&["watch", "--binary", "/bin/sh"], "not a Go executable");
     assert_one_line_error(&["inspect", "/bin/sh"], "not a Go executable");
+    assert_one_line_error(&["inspect", "/nonexistent"], "cannot read /nonexistent");
     assert_one_line_error(&["watch"], "nothing to watch");
     assert_one_line_error(&["watch", "--pid", "abc"], "invalid value 'abc'");
     assert_one_line_error(
