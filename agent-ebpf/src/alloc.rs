@@ -6,7 +6,7 @@
 //! when it was not called from a dispatcher (its `skip` ranges).
 
 use agent_common::{
-    ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, Counter, size_bucket,
+    ABI_STACK, Counter, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, size_bucket,
 };
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,

@@ -1,7 +1,7 @@
 //! Maps shared by all probe families, and the per-process accounting helpers.
 
 use agent_common::{
-    EVENTS_RING_BYTES, MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, Counter,
+    Counter, EVENTS_RING_BYTES, MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats,
 };
 use aya_ebpf::{
     Global,
@@ -63,6 +63,9 @@ pub fn current_tgid() -> Option<u32> {
 }
 
 /// This CPU's statistics slot of `tgid`, created on first use.
+// `&ZERO_STATS` on purpose: by value, the 352-byte template would be copied
+// onto the 512-byte BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 pub fn stats_of(tgid: u32) -> Option<&'static mut ProcStats> {
     if let Some(p) = PROC_STATS.get_ptr_mut(tgid) {

@@ -2,7 +2,7 @@
 //! program) and exit (its counters can be collected and dropped). Raw
 //! tracepoints attach without tracefs.
 
-use agent_common::{EVENT_EXEC, EVENT_EXIT, ProcEvent, Counter};
+use agent_common::{Counter, EVENT_EXEC, EVENT_EXIT, ProcEvent};
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::raw_tracepoint,

@@ -53,11 +53,11 @@ pub fn return_address(ctx: &ProbeContext) -> Option<u64> {
     {
         let sp = stack_pointer(ctx);
         // SAFETY: bpf_probe_read_user copes with any address.
-        return unsafe { bpf_probe_read_user(sp as *const u64) }.ok();
+        unsafe { bpf_probe_read_user(sp as *const u64) }.ok()
     }
     #[cfg(bpf_target_arch = "aarch64")]
     {
         // SAFETY: as above; LR still holds it before the frame is pushed.
-        return Some(unsafe { (*ctx.regs).regs[30] });
+        Some(unsafe { (*ctx.regs).regs[30] })
     }
 }
