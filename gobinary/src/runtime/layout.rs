@@ -234,112 +234,65 @@ const HEADROOM_1_21: MemoryLimitHeadroom = MemoryLimitHeadroom::Percent {
     min: 1 << 20,
 };
 
-const fn layout(
-    minor: u32,
-    heap_stats_delta: HeapStatsDelta,
-    consistent_heap_stats: ConsistentHeapStats,
-    mstats: Mstats,
-    gc_controller: GcControllerState,
-    g: G,
-    schedt: Schedt,
-    headroom: MemoryLimitHeadroom,
-) -> Layout {
-    Layout {
-        major: 1,
-        minor,
-        heap_stats_delta,
-        consistent_heap_stats,
-        mstats,
-        gc_controller,
-        g,
-        schedt,
-        headroom,
-    }
-}
+const L_1_19: Layout = Layout {
+    major: 1,
+    minor: 19,
+    heap_stats_delta: HSD_1_19,
+    consistent_heap_stats: CHS_1_19,
+    mstats: MSTATS_1_19,
+    gc_controller: GCC_1_19,
+    g: G_144,
+    schedt: SCHED_72,
+    headroom: HEADROOM_1_19,
+};
+
+const L_1_21: Layout = Layout {
+    minor: 21,
+    gc_controller: GCC_1_21,
+    headroom: HEADROOM_1_21,
+    ..L_1_19
+};
+
+const L_1_25: Layout = Layout {
+    minor: 25,
+    heap_stats_delta: HSD_1_25,
+    consistent_heap_stats: CHS_1_25,
+    mstats: MSTATS_1_25,
+    g: G_144,
+    schedt: SCHED_80,
+    ..L_1_21
+};
 
 /// Every release goalloc knows, oldest first. Go 1.20 is left out on purpose:
 /// no toolchain here to check it against.
 pub const LAYOUTS: &[Layout] = &[
-    layout(
-        19,
-        HSD_1_19,
-        CHS_1_19,
-        MSTATS_1_19,
-        GCC_1_19,
-        G_144,
-        SCHED_72,
-        HEADROOM_1_19,
-    ),
-    layout(
-        21,
-        HSD_1_19,
-        CHS_1_19,
-        MSTATS_1_19,
-        GCC_1_21,
-        G_144,
-        SCHED_72,
-        HEADROOM_1_21,
-    ),
-    layout(
-        22,
-        HSD_1_19,
-        CHS_1_19,
-        MSTATS_1_19,
-        GCC_1_21,
-        G_144,
-        SCHED_72,
-        HEADROOM_1_21,
-    ),
-    layout(
-        23,
-        HSD_1_19,
-        CHS_1_19,
-        MSTATS_1_19,
-        GCC_1_21,
-        G_152,
-        SCHED_72,
-        HEADROOM_1_21,
-    ),
-    layout(
-        24,
-        HSD_1_19,
-        CHS_1_19,
-        MSTATS_1_19,
-        GCC_1_21,
-        G_152,
-        SCHED_72,
-        HEADROOM_1_21,
-    ),
-    layout(
-        25,
-        HSD_1_25,
-        CHS_1_25,
-        MSTATS_1_25,
-        GCC_1_21,
-        G_144,
-        SCHED_80,
-        HEADROOM_1_21,
-    ),
-    layout(
-        26,
-        HSD_1_25,
-        CHS_1_25,
-        MSTATS_1_25,
-        GCC_1_21,
-        G_144,
-        SCHED_96,
-        HEADROOM_1_21,
-    ),
-    layout(
-        27,
-        HSD_1_25,
-        CHS_1_25,
-        MSTATS_1_25,
-        GCC_1_21,
-        G_144,
-        SCHED_96,
-        HEADROOM_1_21,
-    ),
+    L_1_19,
+    L_1_21,
+    Layout {
+        minor: 22,
+        ..L_1_21
+    },
+    Layout {
+        minor: 23,
+        g: G_152,
+        ..L_1_21
+    },
+    Layout {
+        minor: 24,
+        g: G_152,
+        ..L_1_21
+    },
+    L_1_25,
+    Layout {
+        minor: 26,
+        schedt: SCHED_96,
+        ..L_1_25
+    },
+    Layout {
+        minor: 27,
+        schedt: SCHED_96,
+        ..L_1_25
+    },
 ];
 
 /// Why no layout is available.

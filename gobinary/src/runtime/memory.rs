@@ -229,7 +229,7 @@ impl<'a> FileImage<'a> {
         let unmapped = MemoryError::Unmapped { addr, len };
         let end = addr
             .checked_add(len as u64)
-            .ok_or_else(|| MemoryError::Unmapped { addr, len })?;
+            .ok_or(MemoryError::Unmapped { addr, len })?;
         let seg = self
             .elf
             .load_segments()
