@@ -37,10 +37,11 @@ use std::path::{Path, PathBuf};
 
 use goalloc_fuzz::binary::elf::{EM_AARCH64, Elf};
 use goalloc_fuzz::binary::pclntab::{
-    MAGIC_GO116, PclnHeader, SizedFunction, parse_functions_with_sizes,
+    PclnHeader, PclnVersion, SizedFunction, parse_functions_with_sizes,
 };
-use goalloc_fuzz::binary::{Arch, GoBinary};
+use goalloc_fuzz::binary::{Arch, GoBinary, MODULEDATA_GO116};
 use goalloc_fuzz::plan::{PlanOptions, ProbePlan, is_specialized_allocator, plan_for_arch};
+use goalloc_fuzz::synth::{PclntabSpec, SynthFunction, SynthPclntab, write_pclntab};
 
 type Result<T> = std::result::Result<T, String>;
 
@@ -316,7 +317,8 @@ fn process(seeds: &mut Seeds, path: &Path, tag: &str) -> Result<()> {
         }
         if v.name == "min" || v.name == "min-go116" {
             let bytes =
-                rebuild_pclntab(&info.header, info.text_start, end_of_text, &picked, v.go116).bytes;
+                rebuild_pclntab(&info.header, info.text_start, end_of_text, &picked, v.go116)?
+                    .bytes;
             seeds.add("pclntab", &format!("{tag}.{}", v.name), &bytes);
         }
     }
@@ -377,14 +379,6 @@ fn uvarint(d: &[u8]) -> Option<(u64, usize)> {
         }
     }
     None
-}
-
-fn put_uvarint(out: &mut Vec<u8>, mut v: u64) {
-    while v >= 0x80 {
-        out.push(v as u8 | 0x80);
-        v >>= 7;
-    }
-    out.push(v as u8);
 }
 
 /// A pre-1.18 blob whose pointers are offsets into the blob itself (how the
@@ -584,131 +578,48 @@ struct MinInput<'a> {
     variant: &'a Variant,
 }
 
-struct Pcln {
-    bytes: Vec<u8>,
-    funcname_offset: u64,
-    pcln_offset: u64,
-    text_start_field: Option<u64>,
-}
-
 /// A function table listing `funcs` (in entry order), ended at `end_of_text`
-/// (or 16 bytes past the last kept entry, whichever is lower).
+/// (or 16 bytes past the last kept entry, whichever is lower), written by
+/// the reader crate's synthetic table writer.
 fn rebuild_pclntab(
     orig: &PclnHeader,
     text_start: u64,
     end_of_text: u64,
     funcs: &[(SizedFunction, bool)],
     go116: bool,
-) -> Pcln {
-    let ps = 8u64;
-    let words = if go116 { 7 } else { 8 };
-    let hsize = 8 + ps * words;
-    let mut names = Vec::new();
-    let mut name_offs = Vec::new();
-    for (f, _) in funcs {
-        name_offs.push(names.len() as u32);
-        names.extend_from_slice(f.func.name.as_bytes());
-        names.push(0);
-    }
-    let funcname_offset = hsize;
-    let cu_offset = funcname_offset + names.len() as u64;
-    let filetab_offset = cu_offset + 4;
-    let pctab_offset = filetab_offset + 4;
-    // pctab: offset 0 means "no table".
-    let mut pctab = vec![0u8];
-    let mut pcsp = Vec::new();
-    let quantum = u64::from(orig.min_lc);
-    for (f, _) in funcs {
-        match f.code_size {
-            Some(size) if size % quantum == 0 => {
-                pcsp.push(pctab.len() as u32);
-                pctab.push(0x10); // SP delta +8
-                put_uvarint(&mut pctab, size / quantum);
-                pctab.push(0);
-            }
-            _ => pcsp.push(0),
-        }
-    }
-    let pcln_offset = (pctab_offset + pctab.len() as u64).next_multiple_of(8);
-    let n = funcs.len() as u64;
-    let last = funcs.last().map(|(f, _)| f.func.entry).unwrap_or(0);
-    let end = end_of_text.min(last + 16);
-    let ftab_entry = if go116 { 16 } else { 8 };
-    let func_size = 44u64;
-    let ftab_len = (n + 1) * ftab_entry;
-    let mut out = Vec::new();
-    // Header.
-    let magic = if go116 { MAGIC_GO116 } else { orig.magic };
-    out.extend_from_slice(&magic.to_le_bytes());
-    out.extend_from_slice(&[0, 0, orig.min_lc, 8]);
-    let mut hdr_words = vec![n, 1];
-    let text_start_field = if go116 {
-        None
-    } else {
-        hdr_words.push(orig.text_start);
-        Some(8 + 2 * ps)
-    };
-    hdr_words.extend([
-        funcname_offset,
-        cu_offset,
-        filetab_offset,
-        pctab_offset,
-        pcln_offset,
-    ]);
-    for w in hdr_words {
-        out.extend_from_slice(&w.to_le_bytes());
-    }
-    assert_eq!(out.len() as u64, hsize);
-    out.extend_from_slice(&names);
-    out.extend_from_slice(&[0; 4]); // cutab: one entry
-    out.extend_from_slice(&[0; 4]); // filetab
-    out.extend_from_slice(&pctab);
-    out.resize(pcln_offset as usize, 0);
-    // Function table, then the _func records.
-    let entries: Vec<u64> = funcs
+) -> Result<SynthPclntab> {
+    let synth: Vec<SynthFunction<'_>> = funcs
         .iter()
-        .map(|(f, _)| f.func.entry)
-        .chain(std::iter::once(end))
+        .map(|(f, _)| SynthFunction {
+            name: &f.func.name,
+            entry: f.func.entry,
+            code_size: f.code_size,
+        })
         .collect();
-    for (i, &entry) in entries.iter().enumerate() {
-        let funcoff = if (i as u64) < n {
-            ftab_len + i as u64 * func_size
+    write_pclntab(&PclntabSpec {
+        version: if go116 {
+            PclnVersion::Go116
         } else {
-            0
-        };
-        if go116 {
-            out.extend_from_slice(&entry.to_le_bytes());
-            out.extend_from_slice(&funcoff.to_le_bytes());
-        } else {
-            out.extend_from_slice(&((entry - text_start) as u32).to_le_bytes());
-            out.extend_from_slice(&(funcoff as u32).to_le_bytes());
-        }
-    }
-    for (i, &entry) in entries.iter().take(n as usize).enumerate() {
-        let start = out.len();
-        if go116 {
-            out.extend_from_slice(&entry.to_le_bytes());
-        } else {
-            out.extend_from_slice(&((entry - text_start) as u32).to_le_bytes());
-        }
-        out.extend_from_slice(&name_offs[i].to_le_bytes()); // nameoff
-        out.extend_from_slice(&0u32.to_le_bytes()); // args
-        out.extend_from_slice(&0u32.to_le_bytes()); // deferreturn
-        out.extend_from_slice(&pcsp[i].to_le_bytes()); // pcsp
-        out.resize(start + func_size as usize, 0); // pcfile, pcln, npcdata, cuOffset, ...
-    }
-    Pcln {
-        bytes: out,
-        funcname_offset,
-        pcln_offset,
-        text_start_field,
-    }
+            orig.version
+        },
+        ptr_size: 8,
+        min_lc: orig.min_lc,
+        text_start,
+        header_text_start: orig.text_start,
+        funcs: &synth,
+        end: pcln_end(end_of_text, funcs),
+    })
+    .map_err(|e| format!("rebuilding the function table: {e}"))
 }
+
+/// A section header: name (offset in `.shstrtab`), type, flags, address,
+/// file offset, size, link, entry size.
+type Shdr = (u32, u32, u64, u64, u64, u64, u32, u64);
 
 /// Builds the minified ELF file.
 fn minify(m: &MinInput<'_>) -> Result<Vec<u8>> {
     let v = m.variant;
-    let pcln = rebuild_pclntab(m.header, m.text_start, m.end_of_text, m.funcs, v.go116);
+    let pcln = rebuild_pclntab(m.header, m.text_start, m.end_of_text, m.funcs, v.go116)?;
     let reloc_type: u64 = if m.arch == Arch::Aarch64 { 1027 } else { 8 };
     let machine = if m.arch == Arch::Aarch64 {
         EM_AARCH64
@@ -745,25 +656,40 @@ fn minify(m: &MinInput<'_>) -> Result<Vec<u8>> {
     let md_addr = rw_addr + rw.len() as u64;
     let pv = m.info_vaddr;
     let text = m.funcs.first().map(|(f, _)| f.func.entry).unwrap_or(0);
-    let etext = pcln_end(&pcln, m.end_of_text, m.funcs);
+    let etext = pcln_end(m.end_of_text, m.funcs);
     let plen = pcln.bytes.len() as u64;
     let mut md = [0u64; 32];
-    md[0] = pv;
-    md[1] = pv + pcln.funcname_offset;
-    md[2] = 0;
-    md[3] = 0;
-    md[13] = pv + pcln.pcln_offset;
-    md[14] = plen - pcln.pcln_offset;
-    md[15] = md[14];
-    md[16] = pv + pcln.pcln_offset;
-    md[17] = m.funcs.len() as u64 + 1;
-    md[18] = md[17];
-    md[20] = text;
-    md[21] = etext;
-    md[22] = text;
-    md[23] = etext;
+    let l = &MODULEDATA_GO116;
+    // Word 13 is the `pclntable` slice (not read by the reader, but set as the
+    // linker does).
+    const PCLNTABLE: u64 = 13;
+    let slot = |w: u64| w as usize;
+    md[slot(l.pc_header)] = pv;
+    md[slot(l.funcnametab)] = pv + pcln.funcname_offset;
+    md[slot(l.funcnametab) + 1] = 0;
+    md[slot(l.funcnametab) + 2] = 0;
+    md[slot(PCLNTABLE)] = pv + pcln.pcln_offset;
+    md[slot(PCLNTABLE) + 1] = plen - pcln.pcln_offset;
+    md[slot(PCLNTABLE) + 2] = plen - pcln.pcln_offset;
+    md[slot(l.ftab)] = pv + pcln.pcln_offset;
+    md[slot(l.ftab) + 1] = m.funcs.len() as u64 + 1;
+    md[slot(l.ftab) + 2] = m.funcs.len() as u64 + 1;
+    md[slot(l.minpc)] = text;
+    md[slot(l.maxpc)] = etext;
+    md[slot(l.text)] = text;
+    md[slot(l.etext)] = etext;
+    let pointers = [
+        l.pc_header,
+        l.funcnametab,
+        PCLNTABLE,
+        l.ftab,
+        l.minpc,
+        l.maxpc,
+        l.text,
+        l.etext,
+    ];
     for (i, w) in md.iter().enumerate() {
-        let is_ptr = matches!(i, 0 | 1 | 13 | 16 | 20 | 21 | 22 | 23);
+        let is_ptr = pointers.contains(&(i as u64));
         if v.pie && is_ptr {
             relocs.push((md_addr + 8 * i as u64, *w));
             rw.extend_from_slice(&0u64.to_le_bytes());
@@ -881,7 +807,7 @@ fn minify(m: &MinInput<'_>) -> Result<Vec<u8>> {
         phdrs.push([2 | (6 << 32), ro_off + off, ro_addr + off, len, len, 8]);
     }
 
-    let mut shdrs: Vec<(u32, u32, u64, u64, u64, u64, u32, u64)> = Vec::new(); // name, type, flags, addr, off, size, link, entsize
+    let mut shdrs: Vec<Shdr> = Vec::new();
     let mut shstrtab = vec![0u8];
     let mut shname = |s: &str| {
         let o = shstrtab.len() as u32;
@@ -969,7 +895,7 @@ fn minify(m: &MinInput<'_>) -> Result<Vec<u8>> {
 }
 
 /// The end-of-text mark the rebuilt table records.
-fn pcln_end(_pcln: &Pcln, end_of_text: u64, funcs: &[(SizedFunction, bool)]) -> u64 {
+fn pcln_end(end_of_text: u64, funcs: &[(SizedFunction, bool)]) -> u64 {
     let last = funcs.last().map(|(f, _)| f.func.entry).unwrap_or(0);
     end_of_text.min(last + 16)
 }

@@ -2,7 +2,8 @@
 //! and `examples/replay.rs` (runs inputs without libFuzzer, e.g. to time them).
 
 /// Whole-file target: `GoBinary::parse` on arbitrary bytes, then every
-/// accessor, the prologue decoder on every function and the probe planner.
+/// accessor (address lookup included), the prologue decoder on every
+/// function and the probe planner.
 pub fn go_binary(data: &[u8]) {
     use crate::binary::GoBinary;
     use crate::plan::plan_for_arch;
@@ -38,6 +39,20 @@ pub fn go_binary(data: &[u8]) {
     if let Some(f) = bin.lookup("runtime.mallocgc") {
         let _ = bin.file_offset(f.entry);
     }
+    // Address lookup: the ranges are sorted, non-empty and disjoint, and the
+    // first and last byte of each find it again; nothing is found past them.
+    let mut prev_end = None;
+    for f in bin.functions_by_address() {
+        assert!(f.entry < f.end, "{f:?}");
+        assert!(prev_end.is_none_or(|end| end <= f.entry), "{f:?} overlaps");
+        prev_end = Some(f.end);
+        assert_eq!(bin.function_at(f.entry), Some(f));
+        assert_eq!(bin.function_at(f.end - 1), Some(f));
+    }
+    if let Some(end) = prev_end {
+        assert_eq!(bin.function_at(end), None);
+    }
+    let _ = bin.function_at(u64::MAX);
     let _ = bin.pclntab_functions();
     let _ = bin.pclntab_functions_all();
     let _ = bin.pclntab_info();
