@@ -24,6 +24,7 @@ use crate::{
     exporter::{Aggregate, CONTENT_TYPE, Metrics},
     identity, procfs,
     registry::{Registry, Scope},
+    select::ExactSelection,
 };
 
 #[derive(Debug, Clone)]
@@ -35,6 +36,8 @@ pub struct AgentOptions {
     /// How long a binary stays attached after its last process exits.
     pub detach_grace: Duration,
     pub plan: PlanOptions,
+    /// Processes that get the per-allocation probes (none by default).
+    pub exact: ExactSelection,
 }
 
 #[derive(Clone)]
@@ -78,6 +81,7 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         engine,
         opts.plan,
         Scope::AllGo,
+        opts.exact.clone(),
         opts.detach_grace,
     )));
     // Metrics without pod names beat no metrics: the API server is asked in
@@ -106,8 +110,9 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
     {
         let r = lock(&registry);
         eprintln!(
-            "goalloc: tracking {} Go processes in {} binaries (sweep took {:?})",
+            "goalloc: tracking {} Go processes, {} with per-allocation probes in {} binaries (sweep took {:?})",
             r.len(),
+            r.probed(),
             r.engine().attached_binaries(),
             r.stats.last_sweep
         );

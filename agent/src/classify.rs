@@ -16,6 +16,7 @@ use gobinary::{
         elf::{Elf, ElfError},
     },
     plan::{self, PlanOptions, ProbePlan},
+    runtime::{RuntimeError, RuntimeProbe},
 };
 
 use crate::procfs::{self, BinaryKey};
@@ -48,17 +49,33 @@ impl FileStamp {
     }
 }
 
+/// Why a part of goalloc cannot work on an executable: a short reason
+/// (a metric label) and a one-line explanation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unsupported {
+    pub reason: &'static str,
+    pub detail: String,
+}
+
+/// A Go executable and what goalloc can do with it. Each source fails on its
+/// own: a binary whose runtime layout is unknown may still be probed, and
+/// the other way round.
+#[derive(Debug)]
+pub struct GoExecutable {
+    pub go_version: String,
+    /// Where the per-allocation probes go.
+    pub plan: Result<Arc<ProbePlan>, Unsupported>,
+    /// How to read the runtime's own counters.
+    pub runtime: Result<Arc<RuntimeProbe>, Unsupported>,
+}
+
 /// What an executable is, for goalloc.
 #[derive(Debug, Clone)]
 pub enum Class {
     NotGo,
-    /// A Go program and how to probe it.
-    Go(Arc<ProbePlan>),
-    /// A Go program goalloc cannot probe (too old, unknown layout, corrupt...).
-    Unsupported {
-        reason: &'static str,
-        detail: String,
-    },
+    Go(Arc<GoExecutable>),
+    /// A Go program goalloc cannot read at all (corrupt, unreadable...).
+    Unsupported(Unsupported),
 }
 
 /// Whether the mapped file can be a Go program, from its ELF headers and
@@ -90,10 +107,10 @@ pub fn classify(path: &Path, opts: PlanOptions) -> Class {
     let file = match MappedFile::open(path) {
         Ok(f) => f,
         Err(e) => {
-            return Class::Unsupported {
+            return Class::Unsupported(Unsupported {
                 reason: "unreadable",
                 detail: e.to_string(),
-            };
+            });
         }
     };
     if may_be_go(&file) == Some(false) {
@@ -105,15 +122,15 @@ pub fn classify(path: &Path, opts: PlanOptions) -> Class {
             return Class::NotGo;
         }
         Err(e) => {
-            return Class::Unsupported {
+            return Class::Unsupported(Unsupported {
                 reason: "bad_binary",
                 detail: e.to_string(),
-            };
+            });
         }
     };
-    match plan::plan(&bin, opts) {
-        Ok(p) => Class::Go(Arc::new(p)),
-        Err(e) => Class::Unsupported {
+    let plan = plan::plan(&bin, opts)
+        .map(Arc::new)
+        .map_err(|e| Unsupported {
             reason: match e {
                 plan::PlanError::GoTooOld { .. } => "go_too_old",
                 plan::PlanError::ArchMismatch { .. } => "arch",
@@ -122,8 +139,23 @@ pub fn classify(path: &Path, opts: PlanOptions) -> Class {
                 _ => "bad_binary",
             },
             detail: e.to_string(),
-        },
-    }
+        });
+    let runtime = RuntimeProbe::for_binary(&bin)
+        .map(Arc::new)
+        .map_err(|e| Unsupported {
+            reason: match e {
+                RuntimeError::UnknownLayout(_) => "unknown_runtime_layout",
+                RuntimeError::Locate(_) => "runtime_globals_not_found",
+                RuntimeError::UnsupportedArch(_) => "arch",
+                RuntimeError::BadElf(_) => "bad_binary",
+            },
+            detail: e.to_string(),
+        });
+    Class::Go(Arc::new(GoExecutable {
+        go_version: bin.build_info().go_version.clone(),
+        plan,
+        runtime,
+    }))
 }
 
 /// Classification results per file version.

@@ -10,5 +10,7 @@ pub mod identity;
 pub mod procfs;
 pub mod registry;
 pub mod report;
+pub mod runtime;
+pub mod select;
 pub mod system;
 pub mod watch;

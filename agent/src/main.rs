@@ -8,11 +8,13 @@ use goalloc::{
     agent::{self, AgentOptions},
     exporter::Aggregate,
     report::OutputFormat,
+    select::{ExactSelection, Selector},
     watch::{self, WatchOptions},
 };
 use gobinary::{
     GoBinary,
     plan::{self, PlanOptions},
+    runtime::RuntimeProbe,
 };
 
 #[derive(Parser)]
@@ -45,6 +47,11 @@ enum Command {
         duration: Option<Duration>,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+        /// Also put per-allocation probes on the watched processes: requested
+        /// bytes and sizes, goroutines created and exited (costs the target
+        /// about a microsecond per allocation).
+        #[arg(long)]
+        exact: bool,
         /// Where to probe (`entry` only to measure its cost in benchmarks).
         #[arg(long, value_enum, default_value_t = Placement::Prologue, hide = true)]
         placement: Placement,
@@ -64,6 +71,12 @@ enum Command {
         /// programs restarted in a loop are not re-attached each time.
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         detach_grace: Duration,
+        /// Put per-allocation probes on these processes (repeatable): `all`,
+        /// `pid=N`, `exe=GLOB`, `namespace=NS`, `pod=NS/NAME`. Pods annotated
+        /// `goalloc.io/exact: "true"` get them too. Every other Go process is
+        /// read through its runtime counters only, at no cost to it.
+        #[arg(long = "exact-for", value_name = "SELECTOR")]
+        exact_for: Vec<Selector>,
     },
     /// Show what goalloc would probe in a Go executable, without attaching.
     Inspect {
@@ -130,6 +143,7 @@ fn run(cli: Cli) -> Result<()> {
             interval,
             duration,
             output,
+            exact,
             placement,
         } => {
             if interval.is_zero() {
@@ -140,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
                 interval,
                 duration,
                 output,
+                exact,
                 plan: PlanOptions {
                     at_entry: placement == Placement::Entry,
                 },
@@ -154,6 +169,7 @@ fn run(cli: Cli) -> Result<()> {
             aggregate,
             sweep_interval,
             detach_grace,
+            exact_for,
         } => {
             if sweep_interval.is_zero() {
                 anyhow::bail!("--sweep-interval must be greater than zero");
@@ -164,6 +180,10 @@ fn run(cli: Cli) -> Result<()> {
                 sweep_interval,
                 detach_grace,
                 plan: PlanOptions::default(),
+                exact: ExactSelection {
+                    selectors: exact_for,
+                    pod_annotation: true,
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -185,6 +205,16 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     if !info.experiments.is_empty() {
         println!("experiments: {}", info.experiments.join(","));
     }
+    match RuntimeProbe::for_binary(&bin) {
+        Ok(probe) => {
+            println!("runtime counters (read from memory, the default source):");
+            for line in probe.report().lines() {
+                println!("  {line}");
+            }
+        }
+        Err(e) => println!("runtime counters: unavailable: {e}"),
+    }
+    println!("per-allocation probes (--exact):");
     let plan = plan::plan_for_arch(&bin, PlanOptions::default())?;
     println!("scheme:     {:?}", plan.scheme);
     println!(

@@ -1,5 +1,7 @@
 //! The Go processes goalloc accounts: which run, which executable each runs,
-//! who they are (comm, container, pod), and whether its probes are on them.
+//! who they are (comm, container, pod), and the sources of their figures:
+//! the runtime's own counters (always) and the per-allocation probes (for
+//! the processes chosen by an [`ExactSelection`]).
 //!
 //! Processes enter through exec events and /proc sweeps and leave through
 //! exit events or the sweep. The registry knows nothing of how figures are
@@ -13,14 +15,16 @@ use std::{
 };
 
 use agent_common::{Counters, EVENT_EXEC, EVENT_EXIT, ProcEvent, ProcStats};
-use gobinary::plan::{PlanOptions, ProbePlan};
+use gobinary::{plan::PlanOptions, runtime::RuntimeCounters};
 
 use crate::{
     attachments::Attachments,
-    classify::{Class, Classifier, FileStamp, SharedClassCache},
+    classify::{Class, Classifier, FileStamp, GoExecutable, SharedClassCache},
     ebpf::{Engine, EngineError},
     identity::{cgroup::CgroupIdentity, kube::PodIndex},
     procfs::{self, BinaryKey, ProcessId},
+    runtime::{ReadStats, RuntimeSource, Unavailable},
+    select::ExactSelection,
 };
 
 /// Exited processes kept for views between two takes; beyond this the
@@ -52,6 +56,8 @@ pub struct PodNames {
 pub struct ProcessSnapshot {
     pub info: Arc<ProcessInfo>,
     pub pod: PodNames,
+    /// The runtime's own counters (for an exited process, the last read).
+    pub runtime: Result<RuntimeCounters, Unavailable>,
     /// Per-allocation probe counters, when probes are on for this process.
     pub probes: Option<ProcStats>,
     /// The process has exited: these are its final figures.
@@ -74,6 +80,8 @@ pub enum Scope {
 pub struct RegistryStats {
     /// Go binaries that could not be probed, by reason (counted once per file version).
     pub attach_errors: BTreeMap<&'static str, u64>,
+    /// What the always-on source did.
+    pub reads: ReadStats,
     pub last_sweep: Duration,
     pub sweeps: u64,
     /// Time from the kernel's exec event to the process being tracked, last seen.
@@ -91,6 +99,10 @@ struct Tracked {
     stamp: FileStamp,
     /// CLOCK_MONOTONIC when /proc was read to track it.
     tracked_at_ns: u64,
+    exe: Arc<GoExecutable>,
+    runtime: Result<RuntimeSource, Unavailable>,
+    /// The per-allocation probes are on for it.
+    probed: bool,
     /// Probe counters at the last snapshot: the final ones if the kernel
     /// resets them at exec before we read them again.
     last_seen: ProcStats,
@@ -100,6 +112,7 @@ pub struct Registry {
     attachments: Attachments,
     plan_opts: PlanOptions,
     scope: Scope,
+    exact: ExactSelection,
     pods: Option<PodIndex>,
     classes: SharedClassCache,
     processes: HashMap<u32, Tracked>,
@@ -115,12 +128,14 @@ impl Registry {
         engine: Engine,
         plan_opts: PlanOptions,
         scope: Scope,
+        exact: ExactSelection,
         detach_grace: Duration,
     ) -> Registry {
         Registry {
             attachments: Attachments::new(engine, detach_grace),
             plan_opts,
             scope,
+            exact,
             pods: None,
             classes: SharedClassCache::default(),
             processes: HashMap::new(),
@@ -201,55 +216,135 @@ impl Registry {
             .classes
             .lock()
             .get_or_classify(stamp, exe.path(), self.plan_opts);
-        let plan: Arc<ProbePlan> = match class {
+        let go = match class {
             Class::NotGo => return Ok(false),
-            Class::Unsupported { reason, detail } => {
+            Class::Unsupported(u) => {
                 if self.failed.insert(stamp) {
-                    *self.stats.attach_errors.entry(reason).or_default() += 1;
-                    log::warn!("pid {pid}: cannot probe {exe_name}: {detail}");
+                    *self.stats.attach_errors.entry(u.reason).or_default() += 1;
+                    log::warn!("pid {pid}: cannot read {exe_name}: {}", u.detail);
                 }
                 return Ok(false);
             }
-            Class::Go(plan) => plan,
+            Class::Go(go) => go,
         };
-        if let Scope::Pids(_) = self.scope {
-            self.attachments.engine_mut().watch_pid(pid)?;
-        }
-        match self.attachments.acquire(stamp, exe.path(), &plan) {
-            Ok(s) if s.newly_attached => log::info!(
-                "attached {} probes to {exe_name} ({})",
-                s.probes,
-                plan.go_version
-            ),
-            Ok(_) => {}
-            Err(e) => {
-                // A process that exited meanwhile is not an attach error; a
-                // real failure is not retried for this file version.
-                if id.is_alive() && self.failed.insert(stamp) {
-                    *self.stats.attach_errors.entry("attach").or_default() += 1;
-                    log::warn!("pid {pid}: {e}");
-                }
-                return Ok(false);
-            }
-        }
-        let info = ProcessInfo {
+        let info = Arc::new(ProcessInfo {
             pid,
             comm: procfs::comm(pid).unwrap_or_default(),
             exe: exe_name,
-            go_version: plan.go_version.clone(),
+            go_version: go.go_version.clone(),
             cgroup: crate::identity::cgroup::read(pid).unwrap_or_default(),
+        });
+        let runtime = match &go.runtime {
+            Ok(probe) => RuntimeSource::attach(probe, pid),
+            Err(u) => Err(Unavailable {
+                reason: u.reason,
+                detail: u.detail.clone(),
+            }),
         };
-        self.processes.insert(
-            pid,
-            Tracked {
-                info: Arc::new(info),
-                id,
-                stamp,
-                tracked_at_ns: now_ns,
-                last_seen: ProcStats::ZERO,
-            },
-        );
+        if let Err(u) = &runtime {
+            log::info!("pid {pid}: no runtime counters: {}", u.detail);
+        }
+        let mut tracked = Tracked {
+            info,
+            id,
+            stamp,
+            tracked_at_ns: now_ns,
+            exe: go,
+            runtime,
+            probed: false,
+            last_seen: ProcStats::ZERO,
+        };
+        self.probe_if_chosen(&mut tracked, exe.path())?;
+        self.processes.insert(pid, tracked);
         Ok(true)
+    }
+
+    /// Puts the per-allocation probes on a process if the exact selection
+    /// chooses it (and they are not on yet).
+    fn probe_if_chosen(
+        &mut self,
+        t: &mut Tracked,
+        path: &std::path::Path,
+    ) -> Result<(), EngineError> {
+        if t.probed {
+            return Ok(());
+        }
+        let pod = self.pod_names(&t.info.cgroup);
+        let pod_asks = self.pods.as_ref().is_some_and(|index| {
+            index.exact_requested(
+                t.info.cgroup.pod_uid.as_deref().unwrap_or_default(),
+                t.info.cgroup.container_id.as_deref(),
+            )
+        });
+        if !self.exact.wants(&t.info, &pod, pod_asks) {
+            return Ok(());
+        }
+        let pid = t.info.pid;
+        let plan = match &t.exe.plan {
+            Ok(plan) => plan.clone(),
+            Err(u) => {
+                if self.failed.insert(t.stamp) {
+                    *self.stats.attach_errors.entry(u.reason).or_default() += 1;
+                    log::warn!("pid {pid}: cannot probe {}: {}", t.info.exe, u.detail);
+                }
+                return Ok(());
+            }
+        };
+        if self.failed.contains(&t.stamp) {
+            return Ok(());
+        }
+        if let Scope::Pids(_) = self.scope {
+            self.attachments.engine_mut().watch_pid(pid)?;
+        }
+        match self.attachments.acquire(t.stamp, path, &plan) {
+            Ok(s) => {
+                if s.newly_attached {
+                    log::info!(
+                        "attached {} probes to {} ({})",
+                        s.probes,
+                        t.info.exe,
+                        plan.go_version
+                    );
+                }
+                t.probed = true;
+            }
+            Err(e) => {
+                // A process that exited meanwhile is not an attach error; a
+                // real failure is not retried for this file version.
+                if t.id.is_alive() && self.failed.insert(t.stamp) {
+                    *self.stats.attach_errors.entry("attach").or_default() += 1;
+                    log::warn!("pid {pid}: {e}");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Probes the processes the selection chooses now but did not before
+    /// (their pod's names or annotation arrived later).
+    fn refresh_selection(&mut self) -> Result<(), EngineError> {
+        let unprobed: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, t)| !t.probed && t.exe.plan.is_ok())
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in unprobed {
+            let Some(mut t) = self.processes.remove(&pid) else {
+                continue;
+            };
+            let result = match procfs::open_exe(pid) {
+                // Attach through the process's own view of its executable,
+                // and only if it is still the file we classified.
+                Ok(exe) if FileStamp::of_file(exe.file()).is_ok_and(|s| s == t.stamp) => {
+                    self.probe_if_chosen(&mut t, exe.path())
+                }
+                _ => Ok(()),
+            };
+            self.processes.insert(pid, t);
+            result?;
+        }
+        Ok(())
     }
 
     /// Stops accounting `pid`: keeps its final figures for the views, drops
@@ -261,13 +356,25 @@ impl Registry {
             return Ok(());
         };
         let mut last = t.last_seen;
-        if !exec && let Some(s) = self.attachments.engine().stats(pid)? {
+        if t.probed
+            && !exec
+            && let Some(s) = self.attachments.engine().stats(pid)?
+        {
             last = s;
         }
         if !exec {
             self.attachments.engine_mut().forget_process(pid)?;
         }
-        self.attachments.release(t.stamp.key);
+        if t.probed {
+            self.attachments.release(t.stamp.key);
+        }
+        let runtime = match &t.runtime {
+            Ok(source) => source.last().cloned().ok_or(Unavailable {
+                reason: "exited",
+                detail: "the process exited before its counters were read".into(),
+            }),
+            Err(u) => Err(u.clone()),
+        };
         if self.exited.len() >= MAX_EXITED {
             self.exited.remove(0);
             self.stats.exited_dropped += 1;
@@ -276,7 +383,8 @@ impl Registry {
         self.exited.push(ProcessSnapshot {
             info: t.info,
             pod,
-            probes: Some(last),
+            runtime,
+            probes: t.probed.then_some(last),
             exited: true,
         });
         Ok(())
@@ -338,6 +446,7 @@ impl Registry {
                 self.attachments.engine_mut().forget_process(pid)?;
             }
         }
+        self.refresh_selection()?;
         self.attachments.expire();
         self.classes.lock().retain(|s| in_use.contains(s));
         self.failed.retain(|s| in_use.contains(s));
@@ -366,29 +475,48 @@ impl Registry {
         }
     }
 
-    /// The figures of every accounted process, by pid. Remembers each
-    /// process's probe counters (see `Tracked::last_seen`).
+    /// The figures of every accounted process, by pid: the runtime's
+    /// counters are read now. Remembers each process's probe counters (see
+    /// `Tracked::last_seen`).
     pub fn snapshot(&mut self) -> Result<Vec<ProcessSnapshot>, EngineError> {
         let mut out = Vec::with_capacity(self.processes.len());
         let mut pids: Vec<u32> = self.processes.keys().copied().collect();
         pids.sort_unstable();
         for pid in pids {
-            let stats = self.attachments.engine().stats(pid)?;
+            let probed = self.processes.get(&pid).is_some_and(|t| t.probed);
+            let stats = if probed {
+                self.attachments.engine().stats(pid)?
+            } else {
+                None
+            };
+            let pod = match self.processes.get(&pid) {
+                Some(t) => self.pod_names(&t.info.cgroup),
+                None => continue,
+            };
             let Some(t) = self.processes.get_mut(&pid) else {
                 continue;
             };
             if let Some(stats) = stats {
                 t.last_seen = stats;
             }
-            let (info, probes) = (t.info.clone(), t.last_seen);
+            let runtime = match &mut t.runtime {
+                Ok(source) => source.read(&mut self.stats.reads),
+                Err(u) => Err(u.clone()),
+            };
             out.push(ProcessSnapshot {
-                pod: self.pod_names(&info.cgroup),
-                info,
-                probes: Some(probes),
+                info: t.info.clone(),
+                pod,
+                runtime,
+                probes: t.probed.then_some(t.last_seen),
                 exited: false,
             });
         }
         Ok(out)
+    }
+
+    /// Number of processes with the per-allocation probes on.
+    pub fn probed(&self) -> usize {
+        self.processes.values().filter(|t| t.probed).count()
     }
 
     /// Final figures of the processes that exited since the last call.

@@ -1,8 +1,14 @@
 //! Rendering `goalloc watch` rows as a table or as JSON lines.
+//!
+//! A row holds what happened in an interval (or, for totals, since the
+//! process was first seen): the runtime's own counters always (allocations,
+//! bytes, GC cycles, and the live heap, goal and goroutines at its end), and
+//! the per-allocation probe counters with `--exact`.
 
 use std::io::Write;
 
 use agent_common::{HIST_BUCKETS, ProcStats, bucket_upper_bound};
+use gobinary::runtime::RuntimeCounters;
 use serde::Serialize;
 
 use crate::registry::ProcessInfo;
@@ -11,6 +17,65 @@ use crate::registry::ProcessInfo;
 pub enum OutputFormat {
     Table,
     Json,
+}
+
+/// The runtime's figures over a span of time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeDelta {
+    /// Counters: `end - start`.
+    pub allocs: u64,
+    pub bytes: u64,
+    pub frees: u64,
+    pub freed_bytes: u64,
+    pub gc_cycles: u64,
+    pub sizes: [u64; HIST_BUCKETS],
+    /// Gauges at the end.
+    pub heap_live_bytes: u64,
+    pub heap_live_objects: u64,
+    pub heap_inuse_bytes: u64,
+    pub heap_goal_bytes: u64,
+    pub goroutines: u64,
+}
+
+impl RuntimeDelta {
+    pub fn between(start: &RuntimeCounters, end: &RuntimeCounters) -> RuntimeDelta {
+        let mut sizes = end.alloc_sizes;
+        for (e, s) in sizes.iter_mut().zip(start.alloc_sizes.iter()) {
+            *e = e.saturating_sub(*s);
+        }
+        RuntimeDelta {
+            allocs: end.mallocs.saturating_sub(start.mallocs),
+            bytes: end.total_alloc.saturating_sub(start.total_alloc),
+            frees: end.frees.saturating_sub(start.frees),
+            freed_bytes: end.freed_bytes.saturating_sub(start.freed_bytes),
+            gc_cycles: u64::from(end.num_gc.saturating_sub(start.num_gc)),
+            sizes,
+            heap_live_bytes: end.heap_alloc,
+            heap_live_objects: end.heap_objects,
+            heap_inuse_bytes: end.heap_inuse,
+            heap_goal_bytes: end.next_gc,
+            goroutines: end.goroutines,
+        }
+    }
+}
+
+/// One row's figures.
+#[derive(Debug, Clone)]
+pub struct Figures {
+    /// The runtime's counters, or why there are none.
+    pub runtime: Result<RuntimeDelta, String>,
+    /// Probe counters, with `--exact`.
+    pub exact: Option<ProcStats>,
+}
+
+#[derive(Serialize)]
+struct JsonExact {
+    allocs: u64,
+    bytes: u64,
+    goroutines_created: u64,
+    goroutines_exited: u64,
+    /// `[inclusive upper bound in bytes, count]` of the non-empty log2 buckets.
+    size_histogram: Vec<[u64; 2]>,
 }
 
 #[derive(Serialize)]
@@ -23,38 +88,50 @@ struct JsonRow<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     exited: Option<bool>,
     seconds: f64,
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    runtime: Option<JsonRuntime>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtime_unavailable: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    exact: Option<JsonExact>,
+}
+
+#[derive(Serialize)]
+struct JsonRuntime {
     allocs: u64,
     bytes: u64,
-    goroutines_created: u64,
-    goroutines_exited: u64,
-    /// `[inclusive upper bound in bytes, count]` of the non-empty log2 buckets.
+    frees: u64,
+    freed_bytes: u64,
+    gc_cycles: u64,
+    heap_live_bytes: u64,
+    heap_live_objects: u64,
+    heap_inuse_bytes: u64,
+    heap_goal_bytes: u64,
+    goroutines: u64,
     size_histogram: Vec<[u64; 2]>,
 }
 
 pub struct Reporter<W: Write> {
     format: OutputFormat,
+    exact: bool,
     out: W,
     header_done: bool,
 }
 
 impl<W: Write> Reporter<W> {
-    pub fn new(format: OutputFormat, out: W) -> Self {
+    pub fn new(format: OutputFormat, exact: bool, out: W) -> Self {
         Reporter {
             format,
+            exact,
             out,
             header_done: false,
         }
     }
 
-    /// Counts of one process over the last `seconds`.
-    pub fn interval(
-        &mut self,
-        p: &ProcessInfo,
-        delta: &ProcStats,
-        seconds: f64,
-    ) -> std::io::Result<()> {
+    /// Figures of one process over the last `seconds`.
+    pub fn interval(&mut self, p: &ProcessInfo, f: &Figures, seconds: f64) -> std::io::Result<()> {
         match self.format {
-            OutputFormat::Json => self.json(p, delta, seconds, false, None),
+            OutputFormat::Json => self.json(p, f, seconds, false, None),
             OutputFormat::Table => {
                 self.header()?;
                 let per = |v: u64| {
@@ -64,48 +141,84 @@ impl<W: Write> Reporter<W> {
                         0.0
                     }
                 };
-                writeln!(
-                    self.out,
-                    "{:>8} {:<16} {:<10} {:>12} {:>12} {:>9} {:>10} {:>10}",
+                let mut line = format!(
+                    "{:>8} {:<16} {:<9}",
                     p.pid,
                     truncate(&p.comm, 16),
-                    short_version(&p.go_version),
-                    format!("{:.0}", per(delta.allocs)),
-                    human_bytes(per(delta.bytes)),
-                    avg_size(delta),
-                    format!("{:.0}", per(delta.goroutines_created)),
-                    format!("{:.0}", per(delta.goroutines_exited)),
-                )?;
+                    short_version(&p.go_version)
+                );
+                match &f.runtime {
+                    Ok(r) => line.push_str(&format!(
+                        " {:>11} {:>11} {:>10} {:>10} {:>6} {:>10}",
+                        format!("{:.0}", per(r.allocs)),
+                        human_bytes(per(r.bytes)),
+                        human_bytes(r.heap_live_bytes as f64),
+                        human_bytes(r.heap_goal_bytes as f64),
+                        format!("{:.1}", per(r.gc_cycles)),
+                        r.goroutines,
+                    )),
+                    Err(reason) => line.push_str(&format!(" {:<63}", truncate(reason, 63))),
+                }
+                if self.exact {
+                    let e = f.exact.unwrap_or(ProcStats::ZERO);
+                    line.push_str(&format!(
+                        " {:>11} {:>11} {:>7} {:>9} {:>10}",
+                        format!("{:.0}", per(e.allocs)),
+                        human_bytes(per(e.bytes)),
+                        avg_size(&e),
+                        format!("{:.0}", per(e.goroutines_created)),
+                        format!("{:.0}", per(e.goroutines_exited)),
+                    ));
+                }
+                writeln!(self.out, "{}", line.trim_end())?;
                 self.out.flush()
             }
         }
     }
 
-    /// Cumulative counts since attach; `exited` when the process is gone.
+    /// Figures since the process was first seen; `exited` when it is gone.
     pub fn total(
         &mut self,
         p: &ProcessInfo,
-        total: &ProcStats,
+        f: &Figures,
         seconds: f64,
         exited: bool,
     ) -> std::io::Result<()> {
         match self.format {
-            OutputFormat::Json => self.json(p, total, seconds, true, Some(exited)),
+            OutputFormat::Json => self.json(p, f, seconds, true, Some(exited)),
             OutputFormat::Table => {
-                writeln!(
-                    self.out,
-                    "total {} pid {} ({}, {}) over {:.1}s: {} allocations, {} requested (avg {} B), {} goroutines created, {} exited",
+                let mut line = format!(
+                    "total {} pid {} ({}, {}) over {:.1}s:",
                     if exited { "of exited" } else { "for" },
                     p.pid,
                     p.comm,
                     p.go_version,
                     seconds,
-                    total.allocs,
-                    human_bytes(total.bytes as f64),
-                    avg_size(total),
-                    total.goroutines_created,
-                    total.goroutines_exited,
-                )?;
+                );
+                match &f.runtime {
+                    Ok(r) => line.push_str(&format!(
+                        " {} allocations ({}), {} frees, {} GC cycles; live heap {}, goal {}, {} goroutines",
+                        r.allocs,
+                        human_bytes(r.bytes as f64),
+                        r.frees,
+                        r.gc_cycles,
+                        human_bytes(r.heap_live_bytes as f64),
+                        human_bytes(r.heap_goal_bytes as f64),
+                        r.goroutines,
+                    )),
+                    Err(reason) => line.push_str(&format!(" no runtime counters: {reason}")),
+                }
+                if let Some(e) = &f.exact {
+                    line.push_str(&format!(
+                        "; probes: {} allocations, {} requested (avg {} B), {} goroutines created, {} exited",
+                        e.allocs,
+                        human_bytes(e.bytes as f64),
+                        avg_size(e),
+                        e.goroutines_created,
+                        e.goroutines_exited,
+                    ));
+                }
+                writeln!(self.out, "{line}")?;
                 self.out.flush()
             }
         }
@@ -114,11 +227,25 @@ impl<W: Write> Reporter<W> {
     fn header(&mut self) -> std::io::Result<()> {
         if !self.header_done {
             self.header_done = true;
-            writeln!(
-                self.out,
-                "{:>8} {:<16} {:<10} {:>12} {:>12} {:>9} {:>10} {:>10}",
-                "PID", "COMM", "GO", "ALLOCS/s", "BYTES/s", "AVG B", "GOR NEW/s", "GOR EXIT/s"
-            )?;
+            let mut line = format!(
+                "{:>8} {:<16} {:<9} {:>11} {:>11} {:>10} {:>10} {:>6} {:>10}",
+                "PID",
+                "COMM",
+                "GO",
+                "ALLOCS/s",
+                "BYTES/s",
+                "LIVE HEAP",
+                "HEAP GOAL",
+                "GC/s",
+                "GOROUTINES"
+            );
+            if self.exact {
+                line.push_str(&format!(
+                    " {:>11} {:>11} {:>7} {:>9} {:>10}",
+                    "EXACT/s", "REQ B/s", "AVG B", "GOR NEW/s", "GOR EXIT/s"
+                ));
+            }
+            writeln!(self.out, "{line}")?;
         }
         Ok(())
     }
@@ -126,7 +253,7 @@ impl<W: Write> Reporter<W> {
     fn json(
         &mut self,
         p: &ProcessInfo,
-        s: &ProcStats,
+        f: &Figures,
         seconds: f64,
         total: bool,
         exited: Option<bool>,
@@ -138,11 +265,27 @@ impl<W: Write> Reporter<W> {
             total,
             exited,
             seconds: (seconds * 1000.0).round() / 1000.0,
-            allocs: s.allocs,
-            bytes: s.bytes,
-            goroutines_created: s.goroutines_created,
-            goroutines_exited: s.goroutines_exited,
-            size_histogram: histogram(s),
+            runtime: f.runtime.as_ref().ok().map(|r| JsonRuntime {
+                allocs: r.allocs,
+                bytes: r.bytes,
+                frees: r.frees,
+                freed_bytes: r.freed_bytes,
+                gc_cycles: r.gc_cycles,
+                heap_live_bytes: r.heap_live_bytes,
+                heap_live_objects: r.heap_live_objects,
+                heap_inuse_bytes: r.heap_inuse_bytes,
+                heap_goal_bytes: r.heap_goal_bytes,
+                goroutines: r.goroutines,
+                size_histogram: nonzero_buckets(&r.sizes),
+            }),
+            runtime_unavailable: f.runtime.as_ref().err().map(String::as_str),
+            exact: f.exact.as_ref().map(|e| JsonExact {
+                allocs: e.allocs,
+                bytes: e.bytes,
+                goroutines_created: e.goroutines_created,
+                goroutines_exited: e.goroutines_exited,
+                size_histogram: histogram(e),
+            }),
         };
         serde_json::to_writer(&mut self.out, &row)?;
         writeln!(self.out)?;
@@ -151,11 +294,16 @@ impl<W: Write> Reporter<W> {
 }
 
 /// Non-empty log2 buckets as `[inclusive upper bound, count]`.
-pub fn histogram(s: &ProcStats) -> Vec<[u64; 2]> {
+pub fn nonzero_buckets(counts: &[u64; HIST_BUCKETS]) -> Vec<[u64; 2]> {
     (0..HIST_BUCKETS)
-        .filter(|&i| s.size_hist[i] != 0)
-        .map(|i| [bucket_upper_bound(i), s.size_hist[i]])
+        .filter(|&i| counts[i] != 0)
+        .map(|i| [bucket_upper_bound(i), counts[i]])
         .collect()
+}
+
+/// Non-empty log2 buckets of probe counters.
+pub fn histogram(s: &ProcStats) -> Vec<[u64; 2]> {
+    nonzero_buckets(&s.size_hist)
 }
 
 fn avg_size(s: &ProcStats) -> String {
@@ -193,6 +341,7 @@ pub fn human_bytes(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::exporter::fold::zero_runtime;
 
     fn stats() -> ProcStats {
         let mut s = ProcStats::ZERO;
@@ -202,6 +351,19 @@ mod tests {
         s.goroutines_exited = 1;
         s.size_hist[7] = 10;
         s
+    }
+
+    fn runtime() -> RuntimeDelta {
+        let start = zero_runtime();
+        let mut end = zero_runtime();
+        end.mallocs = 20;
+        end.total_alloc = 2048;
+        end.num_gc = 2;
+        end.heap_alloc = 4096;
+        end.next_gc = 4 << 20;
+        end.goroutines = 7;
+        end.alloc_sizes[4] = 20;
+        RuntimeDelta::between(&start, &end)
     }
 
     fn info() -> ProcessInfo {
@@ -217,36 +379,60 @@ mod tests {
     #[test]
     fn json_rows() {
         let mut out = Vec::new();
-        let mut r = Reporter::new(OutputFormat::Json, &mut out);
-        r.interval(&info(), &stats(), 1.0).unwrap();
-        r.total(&info(), &stats(), 5.0, true).unwrap();
+        let mut r = Reporter::new(OutputFormat::Json, true, &mut out);
+        let f = Figures {
+            runtime: Ok(runtime()),
+            exact: Some(stats()),
+        };
+        r.interval(&info(), &f, 1.0).unwrap();
+        r.total(&info(), &f, 5.0, true).unwrap();
+        let denied = Figures {
+            runtime: Err("access_denied".into()),
+            exact: None,
+        };
+        r.interval(&info(), &denied, 1.0).unwrap();
         let text = String::from_utf8(out).unwrap();
         let lines: Vec<serde_json::Value> = text
             .lines()
             .map(|l| serde_json::from_str(l).unwrap())
             .collect();
-        assert_eq!(lines[0]["allocs"], 10);
+        assert_eq!(lines[0]["allocs"], 20);
+        assert_eq!(lines[0]["gc_cycles"], 2);
+        assert_eq!(lines[0]["heap_goal_bytes"], 4 << 20);
+        assert_eq!(lines[0]["size_histogram"], serde_json::json!([[16, 20]]));
+        assert_eq!(lines[0]["exact"]["allocs"], 10);
+        assert_eq!(
+            lines[0]["exact"]["size_histogram"],
+            serde_json::json!([[128, 10]])
+        );
         assert_eq!(lines[0]["pid"], 42);
         assert!(lines[0].get("total").is_none());
-        assert_eq!(lines[0]["size_histogram"], serde_json::json!([[128, 10]]));
         assert_eq!(lines[1]["total"], true);
         assert_eq!(lines[1]["exited"], true);
-        assert_eq!(lines[1]["goroutines_exited"], 1);
+        assert_eq!(lines[1]["exact"]["goroutines_exited"], 1);
+        assert_eq!(lines[2]["runtime_unavailable"], "access_denied");
+        assert!(lines[2].get("allocs").is_none());
     }
 
     #[test]
     fn table_rows() {
         let mut out = Vec::new();
-        let mut r = Reporter::new(OutputFormat::Table, &mut out);
-        r.interval(&info(), &stats(), 2.0).unwrap();
-        r.interval(&info(), &stats(), 2.0).unwrap();
+        let mut r = Reporter::new(OutputFormat::Table, true, &mut out);
+        let f = Figures {
+            runtime: Ok(runtime()),
+            exact: Some(stats()),
+        };
+        r.interval(&info(), &f, 2.0).unwrap();
+        r.interval(&info(), &f, 2.0).unwrap();
         let text = String::from_utf8(out).unwrap();
         assert_eq!(text.lines().filter(|l| l.contains("ALLOCS/s")).count(), 1);
+        assert!(text.lines().next().unwrap().contains("EXACT/s"));
         let row = text.lines().nth(1).unwrap();
         assert!(
-            row.contains("svc") && row.contains("go1.27.3") && row.contains(" 5 "),
+            row.contains("svc") && row.contains("go1.27.3") && row.contains(" 10 "),
             "{row}"
         );
+        assert!(row.contains("4.0 KiB") && row.contains("4.0 MiB"), "{row}");
         assert!(row.contains("500 B"), "{row}");
     }
 

@@ -1,5 +1,6 @@
-//! `goalloc watch`: live per-process allocation and goroutine rates for
-//! chosen processes or for every process of one binary.
+//! `goalloc watch`: live per-process heap, GC and goroutine figures for
+//! chosen processes or for every process of one binary: the runtime's own
+//! counters, read from memory; with `--exact`, the per-allocation probes too.
 //!
 //! The same registry as the node agent finds and follows the processes
 //! (exec/exit events and a /proc sweep per interval); this view prints their
@@ -16,8 +17,9 @@ use agent_common::ProcStats;
 use anyhow::{Context, Result, bail};
 use gobinary::{
     GoBinary,
-    plan::{self, PlanOptions, ProbePlan},
+    plan::{self, PlanOptions},
     prologue::Placement,
+    runtime::{RuntimeCounters, RuntimeProbe},
 };
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -26,7 +28,8 @@ use crate::{
     events::ProcessEvents,
     procfs::{self, BinaryKey, OpenExe, ProcessId},
     registry::{ProcessSnapshot, Registry, Scope},
-    report::{OutputFormat, Reporter},
+    report::{Figures, OutputFormat, Reporter, RuntimeDelta},
+    select::ExactSelection,
 };
 
 #[derive(Debug, Clone)]
@@ -41,41 +44,104 @@ pub struct WatchOptions {
     pub interval: Duration,
     pub duration: Option<Duration>,
     pub output: OutputFormat,
+    /// Per-allocation probes too (`--exact`).
+    pub exact: bool,
     pub plan: PlanOptions,
 }
 
 /// What the view remembers of a process between intervals.
 struct Seen {
     since: Instant,
-    last: ProcStats,
+    /// Runtime counters when first read, and at the last interval.
+    first: Option<RuntimeCounters>,
+    last: Option<RuntimeCounters>,
+    /// Probe counters at the last interval.
+    last_probes: ProcStats,
 }
 
-/// Reads and plans a binary, with the context a user needs in the message.
-fn plan_binary(path: &Path, what: &str, opts: PlanOptions) -> Result<ProbePlan> {
+impl Seen {
+    fn new(now: Instant) -> Seen {
+        Seen {
+            since: now,
+            first: None,
+            last: None,
+            last_probes: ProcStats::ZERO,
+        }
+    }
+
+    /// The figures since the last interval; remembers these.
+    fn interval(&mut self, s: &ProcessSnapshot) -> Figures {
+        let runtime = match &s.runtime {
+            Ok(now) => {
+                let prev = self
+                    .last
+                    .replace(now.clone())
+                    .unwrap_or_else(|| now.clone());
+                self.first.get_or_insert_with(|| prev.clone());
+                Ok(RuntimeDelta::between(&prev, now))
+            }
+            Err(u) => Err(u.detail.clone()),
+        };
+        let exact = s.probes.map(|p| {
+            let d = diff(&p, &self.last_probes);
+            self.last_probes = p;
+            d
+        });
+        Figures { runtime, exact }
+    }
+
+    /// The figures since the process was first seen.
+    fn total(&self, s: &ProcessSnapshot) -> Figures {
+        let runtime = match (&s.runtime, &self.first) {
+            (Ok(now), Some(first)) => Ok(RuntimeDelta::between(first, now)),
+            (Ok(now), None) => Ok(RuntimeDelta::between(now, now)),
+            (Err(u), _) => Err(u.detail.clone()),
+        };
+        Figures {
+            runtime,
+            exact: s.probes,
+        }
+    }
+}
+
+/// Reads the executable of a target and checks that what the watch needs of
+/// it works, with the context a user needs in the message.
+fn check_binary(path: &Path, what: &str, opts: PlanOptions, exact: bool) -> Result<String> {
     let bin = GoBinary::open(path).with_context(|| what.to_string())?;
-    plan::plan(&bin, opts).with_context(|| what.to_string())
-}
-
-fn describe(exe: &OpenExe, plan: &ProbePlan) -> String {
-    let entry = plan
-        .probes
-        .iter()
-        .filter(|p| p.placement == Placement::Entry)
-        .count();
-    format!(
-        "{} probes in {} ({}, {:?} scheme, {} at function entry)",
-        plan.probes.len(),
-        procfs::exe_target_of(exe.path()).display(),
-        plan.go_version,
-        plan.scheme,
-        entry,
-    )
+    let runtime = RuntimeProbe::for_binary(&bin);
+    let mut parts = Vec::new();
+    match (&runtime, exact) {
+        (Ok(_), _) => parts.push("runtime counters".to_string()),
+        // Without probes the runtime counters are all there is.
+        (Err(e), false) => return Err(anyhow::anyhow!("{what}: {e}")),
+        (Err(e), true) => eprintln!("goalloc: {what}: no runtime counters: {e}"),
+    }
+    if exact {
+        let plan = plan::plan(&bin, opts).with_context(|| what.to_string())?;
+        let entry = plan
+            .probes
+            .iter()
+            .filter(|p| p.placement == Placement::Entry)
+            .count();
+        parts.push(format!(
+            "{} probes ({:?} scheme, {} at function entry)",
+            plan.probes.len(),
+            plan.scheme,
+            entry
+        ));
+    }
+    Ok(format!(
+        "{} of {} ({})",
+        parts.join(" and "),
+        procfs::exe_target_of(path).display(),
+        bin.build_info().go_version
+    ))
 }
 
 /// Checks every target before touching the kernel, so bad input fails with
-/// a message naming it. Returns the registry scope and what will be probed.
-fn resolve(target: &Target, opts: PlanOptions) -> Result<(Scope, Vec<String>)> {
-    let mut planned: HashMap<BinaryKey, String> = HashMap::new();
+/// a message naming it. Returns the registry scope and what will be read.
+fn resolve(target: &Target, opts: PlanOptions, exact: bool) -> Result<(Scope, Vec<String>)> {
+    let mut checked: HashMap<BinaryKey, String> = HashMap::new();
     match target {
         Target::Pids(pids) => {
             for &pid in pids {
@@ -84,40 +150,52 @@ fn resolve(target: &Target, opts: PlanOptions) -> Result<(Scope, Vec<String>)> {
                 let exe = procfs::open_exe(pid)?;
                 let key = BinaryKey::of_file(exe.file())
                     .with_context(|| format!("pid {pid}: reading its executable"))?;
-                if let std::collections::hash_map::Entry::Vacant(slot) = planned.entry(key) {
-                    let plan = plan_binary(exe.path(), &format!("pid {pid} ({comm})"), opts)?;
-                    slot.insert(describe(&exe, &plan));
+                if let std::collections::hash_map::Entry::Vacant(slot) = checked.entry(key) {
+                    let what = format!("pid {pid} ({comm})");
+                    slot.insert(check_binary(exe.path(), &what, opts, exact)?);
                 }
             }
             let pids: HashSet<u32> = pids.iter().copied().collect();
-            Ok((Scope::Pids(pids), planned.into_values().collect()))
+            Ok((Scope::Pids(pids), checked.into_values().collect()))
         }
         Target::Binary(path) => {
             let what = path.display().to_string();
             let exe = OpenExe::open(path).with_context(|| what.clone())?;
             let key = BinaryKey::of_file(exe.file()).with_context(|| what.clone())?;
-            let plan = plan_binary(exe.path(), &what, opts)?;
-            Ok((Scope::Binary(key), vec![describe(&exe, &plan)]))
+            let described = check_binary(exe.path(), &what, opts, exact)?;
+            Ok((Scope::Binary(key), vec![described]))
         }
     }
 }
 
 pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
-    let mut reporter = Reporter::new(opts.output, out);
-    let (scope, described) = resolve(&opts.target, opts.plan)?;
+    let mut reporter = Reporter::new(opts.output, opts.exact, out);
+    let (scope, described) = resolve(&opts.target, opts.plan, opts.exact)?;
     let by_pid = matches!(scope, Scope::Pids(_));
     let mut engine = Engine::load(EngineOptions {
         filter_by_pid: by_pid,
     })?;
     let mut events = ProcessEvents::start(&mut engine)?;
+    let exact = if opts.exact {
+        ExactSelection::all()
+    } else {
+        ExactSelection::none()
+    };
     // No grace: nothing restarts under watch, and its probes go when it ends.
-    let mut registry = Registry::new(engine, opts.plan, scope, Duration::ZERO);
+    let mut registry = Registry::new(engine, opts.plan, scope, exact, Duration::ZERO);
     registry.sweep()?;
     for d in described {
-        eprintln!("goalloc: attached {d}");
+        eprintln!("goalloc: reading {d}");
     }
 
+    // The first read of each process is the baseline of its first interval.
     let mut seen: HashMap<u32, Seen> = HashMap::new();
+    let start = Instant::now();
+    for s in registry.snapshot()? {
+        seen.entry(s.info.pid)
+            .or_insert_with(|| Seen::new(start))
+            .interval(&s);
+    }
     let mut ticker =
         tokio::time::interval_at(tokio::time::Instant::now() + opts.interval, opts.interval);
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -149,14 +227,11 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
 
         registry.sweep()?;
         for s in registry.snapshot()? {
-            let current = s.probes.unwrap_or(ProcStats::ZERO);
-            let w = seen.entry(s.info.pid).or_insert(Seen {
-                since: now,
-                last: ProcStats::ZERO,
-            });
-            let delta = diff(&current, &w.last);
-            w.last = current;
-            reporter.interval(&s.info, &delta, seconds)?;
+            let figures = seen
+                .entry(s.info.pid)
+                .or_insert_with(|| Seen::new(now))
+                .interval(&s);
+            reporter.interval(&s.info, &figures, seconds)?;
         }
         for s in registry.take_exited() {
             report_exited(&mut reporter, &mut seen, &s, seconds)?;
@@ -170,10 +245,13 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
         report_exited(&mut reporter, &mut seen, &s, 0.0)?;
     }
     for s in registry.snapshot()? {
-        let since = seen
-            .get(&s.info.pid)
-            .map_or(0.0, |w| w.since.elapsed().as_secs_f64());
-        reporter.total(&s.info, &s.probes.unwrap_or(ProcStats::ZERO), since, false)?;
+        let w = seen
+            .entry(s.info.pid)
+            .or_insert_with(|| Seen::new(Instant::now()));
+        w.interval(&s);
+        let figures = w.total(&s);
+        let since = w.since.elapsed().as_secs_f64();
+        reporter.total(&s.info, &figures, since, false)?;
     }
     Ok(())
 }
@@ -186,10 +264,11 @@ fn report_exited(
     s: &ProcessSnapshot,
     interval: f64,
 ) -> std::io::Result<()> {
-    let seconds = seen
-        .remove(&s.info.pid)
-        .map_or(interval, |w| w.since.elapsed().as_secs_f64());
-    reporter.total(&s.info, &s.probes.unwrap_or(ProcStats::ZERO), seconds, true)
+    let (figures, seconds) = match seen.remove(&s.info.pid) {
+        Some(w) => (w.total(s), w.since.elapsed().as_secs_f64()),
+        None => (Seen::new(Instant::now()).total(s), interval),
+    };
+    reporter.total(&s.info, &figures, seconds, true)
 }
 
 /// `a - b`, field by field (counters only grow).

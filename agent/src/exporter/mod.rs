@@ -1,13 +1,22 @@
 //! The Prometheus view: per-process figures from the registry, folded into
-//! label sets (`--aggregate`), encoded at scrape time. Nothing is cached
-//! between scrapes but the final counters of exited processes whose group
-//! still has live members, so series of exited processes vanish and memory
-//! stays bounded by what runs.
+//! label sets (`--aggregate`, see [`fold`]), encoded at scrape time. Nothing
+//! is cached between scrapes but the final counters of exited processes
+//! whose group still has live members, so series of exited processes vanish
+//! and memory stays bounded by what runs.
+//!
+//! Two families of figures, never mixed: the runtime's own counters
+//! (`goalloc_heap_*`, `goalloc_gc_cycles_total`, `goalloc_goroutines`), for
+//! every Go process, and the per-allocation probe counters
+//! (`goalloc_allocations_total`, `goalloc_allocated_bytes_total`,
+//! `goalloc_allocation_size_bytes`, `goalloc_goroutines_created_total`,
+//! `goalloc_goroutines_exited_total`), for the processes chosen for probes.
+
+pub mod fold;
 
 use std::{
-    collections::{BTreeMap, HashMap},
     fmt,
     sync::{Arc, Mutex},
+    time::Instant,
 };
 
 use agent_common::{Counter, HIST_BUCKETS, ProcStats, bucket_upper_bound};
@@ -18,148 +27,9 @@ use prometheus_client::{
     registry::{Registry as PromRegistry, Unit},
 };
 
-use crate::registry::{ProcessInfo, ProcessSnapshot, Registry};
+pub use fold::{Aggregate, Folder, LABELS, Labels, Row};
 
-/// How far label sets are folded, to control cardinality.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
-pub enum Aggregate {
-    /// One series per process (pid, comm, exe, go_version, container, pod).
-    #[default]
-    Process,
-    /// One series per container (container_id, container, pod, namespace).
-    Container,
-    /// One series per pod (pod, namespace).
-    Pod,
-    /// One series per executable (exe, go_version).
-    Binary,
-}
-
-/// Label names, in output order.
-pub const LABELS: [&str; 8] = [
-    "pid",
-    "comm",
-    "exe",
-    "go_version",
-    "container_id",
-    "pod",
-    "namespace",
-    "container",
-];
-
-/// A label set: `(name, value)` pairs in `LABELS` order.
-pub type Labels = Vec<(&'static str, String)>;
-
-impl Aggregate {
-    /// The stable identity of a process's group: like its labels, with the
-    /// pod UID standing for pod, namespace and container names (which may
-    /// only become known later).
-    fn group(self, p: &ProcessInfo) -> Labels {
-        let fields = [
-            ("pid", p.pid.to_string()),
-            ("comm", p.comm.clone()),
-            ("exe", p.exe.clone()),
-            ("go_version", p.go_version.clone()),
-            (
-                "container_id",
-                p.cgroup.container_id.clone().unwrap_or_default(),
-            ),
-            ("pod", p.cgroup.pod_uid.clone().unwrap_or_default()),
-        ];
-        fields.into_iter().filter(|(k, _)| self.keeps(k)).collect()
-    }
-
-    fn keeps(self, label: &str) -> bool {
-        match self {
-            Aggregate::Process => true,
-            Aggregate::Container => {
-                matches!(label, "container_id" | "pod" | "namespace" | "container")
-            }
-            Aggregate::Pod => matches!(label, "pod" | "namespace"),
-            Aggregate::Binary => matches!(label, "exe" | "go_version"),
-        }
-    }
-
-    /// Output labels of a process, pod names as resolved in the snapshot.
-    fn labels(self, s: &ProcessSnapshot) -> Labels {
-        let p = &s.info;
-        let values = [
-            p.pid.to_string(),
-            p.comm.clone(),
-            p.exe.clone(),
-            p.go_version.clone(),
-            p.cgroup.container_id.clone().unwrap_or_default(),
-            s.pod.pod.clone(),
-            s.pod.namespace.clone(),
-            s.pod.container.clone(),
-        ];
-        LABELS
-            .iter()
-            .copied()
-            .zip(values)
-            .filter(|(k, _)| self.keeps(k))
-            .collect()
-    }
-}
-
-/// Folds per-process figures into label sets, carrying the final counters
-/// of exited members so that a group's counters never go down while it has
-/// live members.
-#[derive(Debug, Default)]
-pub struct Folder {
-    aggregate: Aggregate,
-    /// Final counters of exited processes, by group.
-    retired: HashMap<Labels, ProcStats>,
-}
-
-impl Folder {
-    pub fn new(aggregate: Aggregate) -> Folder {
-        Folder {
-            aggregate,
-            retired: HashMap::new(),
-        }
-    }
-
-    /// Rows for output: `live` processes folded by group, plus the retired
-    /// counters of their groups. `exited` are processes that exited since
-    /// the last call.
-    pub fn fold(
-        &mut self,
-        live: &[ProcessSnapshot],
-        exited: &[ProcessSnapshot],
-    ) -> Vec<(Labels, ProcStats)> {
-        let mut groups: BTreeMap<Labels, (ProcStats, &ProcessSnapshot)> = BTreeMap::new();
-        for s in live {
-            let Some(stats) = &s.probes else { continue };
-            groups
-                .entry(self.aggregate.group(&s.info))
-                .or_insert((ProcStats::ZERO, s))
-                .0
-                .accumulate(stats);
-        }
-        if self.aggregate != Aggregate::Process {
-            for s in exited {
-                let group = self.aggregate.group(&s.info);
-                if let (true, Some(stats)) = (groups.contains_key(&group), &s.probes) {
-                    self.retired
-                        .entry(group)
-                        .or_insert(ProcStats::ZERO)
-                        .accumulate(stats);
-                }
-            }
-            // A group without live members is gone, with its series.
-            self.retired.retain(|g, _| groups.contains_key(g));
-            for (group, stats) in &self.retired {
-                if let Some(g) = groups.get_mut(group) {
-                    g.0.accumulate(stats);
-                }
-            }
-        }
-        groups
-            .into_values()
-            .map(|(stats, s)| (self.aggregate.labels(s), stats))
-            .collect()
-    }
-}
+use crate::registry::Registry;
 
 /// The agent's whole metric set.
 pub struct Metrics {
@@ -172,6 +42,7 @@ impl Metrics {
         prom.register_collector(Box::new(RegistryCollector {
             registry,
             folder: Mutex::new(Folder::new(aggregate)),
+            last_scrape: Mutex::new(None),
         }));
         Metrics { registry: prom }
     }
@@ -189,6 +60,8 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 struct RegistryCollector {
     registry: Arc<Mutex<Registry>>,
     folder: Mutex<Folder>,
+    /// How long the previous scrape took to read every process.
+    last_scrape: Mutex<Option<f64>>,
 }
 
 impl fmt::Debug for RegistryCollector {
@@ -197,38 +70,56 @@ impl fmt::Debug for RegistryCollector {
     }
 }
 
-fn counter_family(
+/// One family with a value per row that has it.
+fn family<T>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
     unit: Option<&Unit>,
-    rows: &[(Labels, ProcStats)],
-    value: impl Fn(&ProcStats) -> u64,
-) -> fmt::Result {
-    let mut family = enc.encode_descriptor(name, help, unit, MetricType::Counter)?;
-    for (labels, stats) in rows {
-        ConstCounter::new(value(stats)).encode(family.encode_family(labels)?)?;
+    kind: MetricType,
+    rows: &[Row],
+    value: impl Fn(&Row) -> Option<T>,
+) -> fmt::Result
+where
+    T: Into<u64>,
+{
+    let mut family = enc.encode_descriptor(name, help, unit, kind)?;
+    for row in rows {
+        let Some(v) = value(row) else { continue };
+        let v: u64 = v.into();
+        match kind {
+            MetricType::Counter => {
+                ConstCounter::new(v).encode(family.encode_family(&row.labels)?)?
+            }
+            _ => ConstGauge::new(v as i64).encode(family.encode_family(&row.labels)?)?,
+        }
     }
     Ok(())
 }
 
-/// Cumulative `le` buckets from the kernel's per-bucket counts.
-pub fn cumulative_buckets(stats: &ProcStats) -> Vec<(f64, u64)> {
+/// Cumulative `le` buckets from per-bucket counts (`agent_common`'s log2
+/// buckets); the last bucket is open-ended.
+pub fn cumulative(counts: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
     let mut running = 0u64;
     let mut buckets: Vec<(f64, u64)> = (0..HIST_BUCKETS - 1)
         .map(|i| {
-            running += stats.size_hist[i];
+            running += counts[i];
             (bucket_upper_bound(i) as f64, running)
         })
         .collect();
-    // The last kernel bucket is open-ended.
-    running += stats.size_hist[HIST_BUCKETS - 1];
+    running += counts[HIST_BUCKETS - 1];
     buckets.push((f64::INFINITY, running));
     buckets
 }
 
+/// Cumulative `le` buckets from the kernel's per-bucket counts.
+pub fn cumulative_buckets(stats: &ProcStats) -> Vec<(f64, u64)> {
+    cumulative(&stats.size_hist)
+}
+
 impl Collector for RegistryCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let started = Instant::now();
         let mut registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
         let live = match registry.snapshot() {
             Ok(rows) => rows,
@@ -243,48 +134,185 @@ impl Collector for RegistryCollector {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .fold(&live, &exited);
-        counter_family(
+        let read_time = started.elapsed().as_secs_f64();
+
+        // The runtime's own counters (client_golang's counterparts in brackets).
+        let rt = |row: &Row| row.runtime.clone();
+        use MetricType::{Counter as C, Gauge as G};
+        family(
+            &mut enc,
+            "goalloc_heap_allocations",
+            "Heap objects allocated, as the runtime counts them (MemStats.Mallocs; go_memstats_mallocs_total).",
+            None,
+            C,
+            &rows,
+            |r| rt(r).map(|x| x.mallocs),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_frees",
+            "Heap objects freed (MemStats.Frees; go_memstats_frees_total).",
+            None,
+            C,
+            &rows,
+            |r| rt(r).map(|x| x.frees),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_allocated",
+            "Heap bytes allocated, by size class (MemStats.TotalAlloc; go_memstats_alloc_bytes_total).",
+            Some(&Unit::Bytes),
+            C,
+            &rows,
+            |r| rt(r).map(|x| x.total_alloc),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_freed",
+            "Heap bytes freed (MemStats.TotalAlloc - MemStats.HeapAlloc).",
+            Some(&Unit::Bytes),
+            C,
+            &rows,
+            |r| rt(r).map(|x| x.freed_bytes),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_live_objects",
+            "Live heap objects (MemStats.HeapObjects; go_memstats_heap_objects).",
+            None,
+            G,
+            &rows,
+            |r| rt(r).map(|x| x.heap_objects),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_live",
+            "Bytes of live heap objects (MemStats.HeapAlloc; go_memstats_heap_alloc_bytes).",
+            Some(&Unit::Bytes),
+            G,
+            &rows,
+            |r| rt(r).map(|x| x.heap_alloc),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_inuse",
+            "Bytes in in-use heap spans (MemStats.HeapInuse; go_memstats_heap_inuse_bytes).",
+            Some(&Unit::Bytes),
+            G,
+            &rows,
+            |r| rt(r).map(|x| x.heap_inuse),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_heap_goal",
+            "Heap size at which the next GC cycle ends (MemStats.NextGC; go_memstats_next_gc_bytes).",
+            Some(&Unit::Bytes),
+            G,
+            &rows,
+            |r| rt(r).map(|x| x.next_gc),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_gc_cycles",
+            "Completed GC cycles (MemStats.NumGC; go_gc_cycles_total_gc_cycles_total).",
+            None,
+            C,
+            &rows,
+            |r| rt(r).map(|x| x.num_gc),
+        )?;
+        family(
+            &mut enc,
+            "goalloc_goroutines",
+            "Live goroutines (runtime.NumGoroutine(); go_goroutines).",
+            None,
+            G,
+            &rows,
+            |r| rt(r).map(|x| x.goroutines),
+        )?;
+        {
+            let mut family = enc.encode_descriptor(
+                "goalloc_heap_allocation_size",
+                "Heap allocations by size: each size class in the power-of-two bucket of its object size (tiny allocations at 16 bytes, large ones in +Inf).",
+                Some(&Unit::Bytes),
+                MetricType::Histogram,
+            )?;
+            for row in &rows {
+                let Some(r) = &row.runtime else { continue };
+                family
+                    .encode_family(&row.labels)?
+                    .encode_histogram::<NoLabelSet>(
+                        r.total_alloc as f64,
+                        r.mallocs,
+                        &cumulative(&r.alloc_sizes),
+                        None,
+                    )?;
+            }
+        }
+        {
+            let mut family = enc.encode_descriptor(
+                "goalloc_runtime_unavailable_processes",
+                "Go processes whose runtime counters cannot be read, by reason (nothing else is exported for them).",
+                None,
+                MetricType::Gauge,
+            )?;
+            for row in &rows {
+                for (reason, n) in &row.unavailable {
+                    let mut labels = row.labels.clone();
+                    labels.push(("reason", reason.to_string()));
+                    ConstGauge::new(*n as i64).encode(family.encode_family(&labels)?)?;
+                }
+            }
+        }
+
+        // The per-allocation probes, for the processes chosen for them.
+        let pr = |row: &Row| row.probes;
+        family(
             &mut enc,
             "goalloc_allocations",
-            "Heap allocations made by the Go program (calls to the runtime allocator with a non-zero size).",
+            "Heap allocations counted by the per-allocation probes (calls to the runtime allocator with a non-zero size).",
             None,
+            C,
             &rows,
-            |s| s.allocs,
+            |r| pr(r).map(|x| x.allocs),
         )?;
-        counter_family(
+        family(
             &mut enc,
             "goalloc_allocated",
-            "Bytes requested from the Go heap allocator (before size-class rounding).",
+            "Bytes requested from the Go heap allocator, per-allocation probes (before size-class rounding).",
             Some(&Unit::Bytes),
+            C,
             &rows,
-            |s| s.bytes,
+            |r| pr(r).map(|x| x.bytes),
         )?;
-        counter_family(
+        family(
             &mut enc,
             "goalloc_goroutines_created",
-            "Goroutines created (runtime.newproc1).",
+            "Goroutines created (runtime.newproc1), per-allocation probes.",
             None,
+            C,
             &rows,
-            |s| s.goroutines_created,
+            |r| pr(r).map(|x| x.goroutines_created),
         )?;
-        counter_family(
+        family(
             &mut enc,
             "goalloc_goroutines_exited",
-            "Goroutines that exited (runtime.gdestroy, runtime.goexit0 before Go 1.22).",
+            "Goroutines that exited (runtime.gdestroy, runtime.goexit0 before Go 1.22), per-allocation probes.",
             None,
+            C,
             &rows,
-            |s| s.goroutines_exited,
+            |r| pr(r).map(|x| x.goroutines_exited),
         )?;
         {
             let mut family = enc.encode_descriptor(
                 "goalloc_allocation_size",
-                "Requested size of heap allocations, in power-of-two buckets.",
+                "Requested size of heap allocations, in power-of-two buckets (per-allocation probes).",
                 Some(&Unit::Bytes),
                 MetricType::Histogram,
             )?;
-            for (labels, stats) in &rows {
+            for row in &rows {
+                let Some(stats) = &row.probes else { continue };
                 family
-                    .encode_family(labels)?
+                    .encode_family(&row.labels)?
                     .encode_histogram::<NoLabelSet>(
                         stats.bytes as f64,
                         stats.allocs,
@@ -309,6 +337,13 @@ impl Collector for RegistryCollector {
             "Go processes currently accounted.",
             None,
             registry.len() as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "goalloc_processes_probed",
+            "Go processes with the per-allocation probes on.",
+            None,
+            registry.probed() as f64,
         )?;
         gauge(
             &mut enc,
@@ -352,10 +387,54 @@ impl Collector for RegistryCollector {
                 d.as_secs_f64(),
             )?;
         }
+        let previous = self
+            .last_scrape
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .replace(read_time);
+        if let Some(t) = previous {
+            gauge(
+                &mut enc,
+                "goalloc_last_scrape_read_duration",
+                "Time the previous scrape took to read every process's figures.",
+                Some(&Unit::Seconds),
+                t,
+            )?;
+        }
+        {
+            let reads = &registry.stats.reads;
+            let mut family = enc.encode_descriptor(
+                "goalloc_runtime_reads",
+                "Reads of runtime counters from process memory, by result (skipped: implausible, the last figures stay; failed: see reason).",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new(reads.ok)
+                .encode(family.encode_family(&[("result", "ok"), ("reason", "")])?)?;
+            ConstCounter::new(reads.skipped).encode(
+                family.encode_family(&[("result", "skipped"), ("reason", "implausible")])?,
+            )?;
+            for (reason, n) in &reads.failures {
+                ConstCounter::new(*n)
+                    .encode(family.encode_family(&[("result", "failed"), ("reason", *reason)])?)?;
+            }
+        }
+        ConstCounter::new(registry.stats.reads.retries).encode(enc.encode_descriptor(
+            "goalloc_runtime_read_retries",
+            "Runtime counter reads repeated because the counters moved while being read.",
+            None,
+            MetricType::Counter,
+        )?)?;
+        ConstCounter::new(registry.stats.reads.corrections).encode(enc.encode_descriptor(
+            "goalloc_runtime_corrections",
+            "Reads in which a runtime counter was below what was already exported (held, so exported counters never go down).",
+            None,
+            MetricType::Counter,
+        )?)?;
         {
             let mut family = enc.encode_descriptor(
                 "goalloc_attach_errors",
-                "Go executables that could not be probed, by reason.",
+                "Go executables that could not be read or probed, by reason (once per file version).",
                 None,
                 MetricType::Counter,
             )?;

@@ -31,6 +31,10 @@ use tokio::{sync::oneshot, task::JoinHandle};
 /// mirror pod's `metadata.uid` is a different, API-assigned UUID.
 const MIRROR_ANNOTATION: &str = "kubernetes.io/config.mirror";
 
+/// The annotation by which a pod asks for goalloc's per-allocation probes
+/// (`"true"`); see `goalloc agent --exact-for`.
+pub const EXACT_ANNOTATION: &str = "goalloc.io/exact";
+
 /// How long [`start`] waits for the first complete list of the node's pods.
 /// A node has at most a few hundred pods; an API server that cannot list them
 /// in this time is unhealthy or unreachable, and the caller should know.
@@ -44,6 +48,8 @@ pub struct PodMetadata {
     /// Container id (64 hex digits, no `runtime://` prefix) → container name,
     /// for regular, init and ephemeral containers.
     pub containers: HashMap<String, String>,
+    /// The pod carries `goalloc.io/exact: "true"`.
+    pub exact: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +120,21 @@ impl PodIndex {
             .and_then(|id| meta.containers.get(id))
             .cloned();
         Some((meta.namespace.clone(), meta.pod.clone(), container))
+    }
+
+    /// Whether the pod of a process (found as by [`lookup`](Self::lookup))
+    /// asks for per-allocation probes.
+    pub fn exact_requested(&self, pod_uid: &str, container_id: Option<&str>) -> bool {
+        let container_id = container_id.map(normalise_container_id);
+        let index = read(&self.index);
+        index
+            .pod(&normalise_uid(pod_uid))
+            .or_else(|| {
+                container_id
+                    .as_deref()
+                    .and_then(|id| index.pod_of_container(id))
+            })
+            .is_some_and(|meta| meta.exact)
     }
 
     /// Number of pods currently known.
@@ -320,6 +341,12 @@ impl Index {
                 namespace: pod.metadata.namespace.clone().unwrap_or_default(),
                 pod: pod.metadata.name.clone().unwrap_or_default(),
                 containers,
+                exact: pod
+                    .metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(EXACT_ANNOTATION))
+                    .is_some_and(|v| v.trim().eq_ignore_ascii_case("true")),
             },
             mirror_of,
         };
@@ -446,6 +473,26 @@ mod tests {
         container: Option<&str>,
     ) -> Option<(String, String, Option<String>)> {
         Some((ns.into(), pod.into(), container.map(str::to_owned)))
+    }
+
+    #[test]
+    fn exact_annotation() {
+        let mut index = Index::default();
+        index.apply(&web());
+        let mut asked = web();
+        asked.metadata.uid = Some(MIRROR_UID.into());
+        asked.metadata.name = Some("web-1".into());
+        asked.metadata.annotations = Some(
+            [(EXACT_ANNOTATION.to_string(), "True".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        asked.status = None;
+        index.apply(&asked);
+        let pods = handle(index);
+        assert!(!pods.exact_requested(UID, Some(A)));
+        assert!(pods.exact_requested(MIRROR_UID, None));
+        assert!(!pods.exact_requested("unknown", None));
     }
 
     #[test]
