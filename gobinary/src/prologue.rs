@@ -1761,7 +1761,7 @@ func main() {
                 let mut builds = vec![("amd64", vec![]), ("arm64", vec![])];
                 builds.push(("amd64", vec!["-buildmode=pie"]));
                 for (goarch, flags) in builds {
-                    let bin_path = build(&tc, goarch, &flags, dir.path());
+                    let bin_path = build(tc, goarch, &flags, dir.path());
                     let bin = load(&bin_path);
                     let mut expect_after: Vec<String> = ["runtime.mallocgc", "runtime.newproc1"]
                         .iter()
@@ -1815,7 +1815,7 @@ func main() {
                             .collect::<Vec<_>>()
                             .join("|")
                     );
-                    let listings = objdump(&tc, &bin_path, Some(&regex));
+                    let listings = objdump(tc, &bin_path, Some(&regex));
                     for name in &expect_after {
                         let (addr, result) = probe(&bin, name);
                         let point = result.unwrap_or_else(|e| {

@@ -8,6 +8,7 @@ mod bench;
 mod demo;
 mod fixtures;
 mod fuzz;
+mod lint;
 mod setup;
 mod test;
 mod util;
@@ -29,12 +30,16 @@ enum Cmd {
     Setup,
     /// Build the Go programs of tests/go/ for each Go variant (GOALLOC_MATRIX=full: all).
     Fixtures,
-    /// setup + fixtures + cargo fmt --check + clippy + cargo test + fuzz smoke (args after `--`
-    /// go to cargo test; GOALLOC_SKIP_FUZZ=1 skips the fuzz smoke).
+    /// setup, fixtures, cargo fmt --check and clippy (workspace, agent-ebpf, fuzz), cargo test,
+    /// fuzz smoke (args after `--` go to cargo test; GOALLOC_SKIP_FUZZ=1 skips the fuzz smoke
+    /// and the fuzz lints).
     Test {
         #[arg(last = true)]
         cargo_test_args: Vec<String>,
     },
+    /// cargo fmt --check and clippy on agent-ebpf (Debian's toolchain, BPF target) and fuzz/
+    /// (nightly), the crates outside the workspace (a step of `test`).
+    Lint,
     /// Watch the demo Go service with goalloc (args after `--` go to `goalloc watch`,
     /// default `--duration 30s`).
     Demo {
@@ -77,6 +82,11 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Setup => setup::setup_for_tests(&ctx),
         Cmd::Fixtures => fixtures::fixtures(&ctx),
         Cmd::Test { cargo_test_args } => test::test(&ctx, &cargo_test_args),
+        Cmd::Lint => {
+            lint::ebpf_fmt(&ctx)?;
+            lint::ebpf_clippy(&ctx)?;
+            lint::fuzz(&ctx)
+        }
         Cmd::Demo { goalloc_args } => demo::demo(&ctx, &goalloc_args),
         Cmd::Bench {
             n,

@@ -20,6 +20,8 @@ const DEB_PACKAGES: &[&str] = &[
     "rustc-web",
     "cargo-web",
     "libstd-rust-web-dev-bpf",
+    // clippy for that rustc, to lint agent-ebpf for the BPF target.
+    "rust-web-clippy",
     "llvm-22-dev",
     "libpolly-22-dev",
     "zlib1g-dev",

@@ -1,11 +1,13 @@
-//! `cargo xtask test`: setup, fixtures, fmt, clippy, cargo test, fuzz smoke.
+//! `cargo xtask test`: setup, fixtures, fmt, clippy (the workspace, the eBPF
+//! crate and the fuzz targets), cargo test, fuzz smoke.
 
 use std::ffi::OsString;
+use std::path::PathBuf;
 
 use anyhow::{Result, bail};
 
 use crate::util::{Ctx, run};
-use crate::{fixtures, setup};
+use crate::{fixtures, lint, setup};
 
 pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
     setup::setup_for_tests(ctx)?;
@@ -13,15 +15,7 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
 
     // The same environment for every cargo step, so build scripts that watch an
     // env var do not rebuild between them.
-    // The unit tests build ~10 binaries per toolchain: a spread of releases
-    // (Debian's 1.19, 1.21, 1.23 with its large-frame mallocgc, 1.26 with the
-    // zeroed pclntab text start, 1.27) covers the formats; the matrix tests
-    // run every release end to end.
-    let toolchains = std::env::join_paths(
-        setup::all_go_binaries(ctx)?
-            .into_iter()
-            .filter(|go| unit_test_toolchain(go)),
-    )?;
+    let toolchains = std::env::join_paths(unit_test_toolchains(ctx)?)?;
     let env: [(&str, OsString); 2] = [
         ("GOALLOC_FIXTURE_DIR", ctx.fixtures_dir().into_os_string()),
         ("GOALLOC_GO_TOOLCHAINS", toolchains),
@@ -33,25 +27,39 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
 
     // Every step runs; the failed ones are listed at the end.
     let mut failed = Vec::new();
-    let mut step = |name: &'static str, args: &[&str], extra: &[String]| {
-        if let Err(e) = run_step(ctx, args, extra, &env) {
-            eprintln!("test: {name} failed: {e:#}");
-            failed.push(name);
-        }
-    };
-    step("fmt", &["fmt", "--all", "--", "--check"], &[]);
-    step(
-        "clippy",
-        &[
-            "clippy",
-            "--workspace",
-            "--all-targets",
-            "--",
-            "-D",
-            "warnings",
-        ],
-        &[],
+    let cargo = |args: &[&str], extra: &[String]| run_step(ctx, args, extra, &env);
+    record(
+        &mut failed,
+        "fmt",
+        cargo(&["fmt", "--all", "--", "--check"], &[]),
     );
+    record(
+        &mut failed,
+        "clippy",
+        cargo(
+            &[
+                "clippy",
+                "--workspace",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ],
+            &[],
+        ),
+    );
+    // The eBPF crate and the fuzz targets are workspaces of their own, with
+    // their own toolchains: the two steps above do not reach them.
+    record(&mut failed, "agent-ebpf fmt", lint::ebpf_fmt(ctx));
+    record(&mut failed, "agent-ebpf clippy", lint::ebpf_clippy(ctx));
+    if std::env::var_os(crate::fuzz::SKIP_VAR).is_some_and(|v| v == "1") {
+        println!(
+            "test: fuzz fmt and clippy SKIPPED ({}=1)",
+            crate::fuzz::SKIP_VAR
+        );
+    } else {
+        record(&mut failed, "fuzz fmt and clippy", lint::fuzz(ctx));
+    }
     // `cargo xtask test -- -p goalloc` narrows the run instead of adding to it.
     let narrowed = cargo_test_args
         .iter()
@@ -62,24 +70,46 @@ pub fn test(ctx: &Ctx, cargo_test_args: &[String]) -> Result<()> {
     } else {
         &["test", "--workspace"]
     };
-    step("cargo test", test_args, cargo_test_args);
-    if let Err(e) = crate::fuzz::smoke(ctx) {
-        eprintln!("test: fuzz smoke failed: {e:#}");
-        failed.push("fuzz smoke");
-    }
+    record(&mut failed, "cargo test", cargo(test_args, cargo_test_args));
+    record(&mut failed, "fuzz smoke", crate::fuzz::smoke(ctx));
     if !failed.is_empty() {
         bail!("failed: {}", failed.join(", "));
     }
-    println!("test: fmt, clippy, cargo test and the fuzz smoke passed");
+    println!(
+        "test: fmt, clippy, cargo test, agent-ebpf and fuzz fmt and clippy, and the fuzz smoke passed"
+    );
     Ok(())
 }
 
-fn unit_test_toolchain(go: &std::path::Path) -> bool {
-    let path = go.to_string_lossy();
-    path == setup::SYSTEM_GO
-        || ["1.21.", "1.23.", "1.26.", "1.27."]
-            .iter()
-            .any(|v| path.contains(&format!("/go/{v}")))
+/// Notes a failed step (and says why) so the others still run.
+fn record(failed: &mut Vec<&'static str>, name: &'static str, result: Result<()>) {
+    if let Err(e) = result {
+        eprintln!("test: {name} failed: {e:#}");
+        failed.push(name);
+    }
+}
+
+/// Go releases (major, minor) the unit tests build with. They build ~10
+/// binaries per toolchain: a spread of releases (1.19, Debian's, with the
+/// 1.18 table layout; 1.21; 1.23 with its large-frame mallocgc; 1.26 with
+/// the zeroed pclntab text start; 1.27) covers the formats; the matrix tests
+/// run every release end to end.
+const UNIT_TEST_RELEASES: &[[u64; 2]] = &[[1, 19], [1, 21], [1, 23], [1, 26], [1, 27]];
+
+/// One installed toolchain per release of [`UNIT_TEST_RELEASES`], chosen by
+/// `go env GOVERSION` (never by path).
+fn unit_test_toolchains(ctx: &Ctx) -> Result<Vec<PathBuf>> {
+    let mut picked: Vec<(Vec<u64>, PathBuf)> = Vec::new();
+    for go in setup::all_go_binaries(ctx)? {
+        let key = setup::version_key(&setup::go_version_of(&go)?);
+        let release = key.get(..2).unwrap_or_default();
+        if UNIT_TEST_RELEASES.iter().any(|r| r[..] == *release)
+            && !picked.iter().any(|(k, _)| k.get(..2) == Some(release))
+        {
+            picked.push((key, go));
+        }
+    }
+    Ok(picked.into_iter().map(|(_, go)| go).collect())
 }
 
 fn run_step(ctx: &Ctx, args: &[&str], extra: &[String], env: &[(&str, OsString)]) -> Result<()> {
