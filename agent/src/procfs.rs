@@ -93,6 +93,13 @@ pub enum ProcError {
     },
 }
 
+impl ProcError {
+    /// The kernel refused (ptrace access checks on /proc/PID/exe and mem).
+    pub fn is_access_denied(&self) -> bool {
+        matches!(self, ProcError::Io { source, .. } if source.kind() == io::ErrorKind::PermissionDenied)
+    }
+}
+
 fn proc_path(pid: u32, what: &str) -> PathBuf {
     PathBuf::from(format!("/proc/{pid}/{what}"))
 }

@@ -117,6 +117,8 @@ pub struct Registry {
     classes: SharedClassCache,
     processes: HashMap<u32, Tracked>,
     exited: Vec<ProcessSnapshot>,
+    /// Processes whose executable we may not read (ptrace access denied).
+    inaccessible: HashMap<u32, ProcessId>,
     /// File versions that cannot be probed (counted once in `attach_errors`,
     /// not retried).
     failed: HashSet<FileStamp>,
@@ -140,6 +142,7 @@ impl Registry {
             classes: SharedClassCache::default(),
             processes: HashMap::new(),
             exited: Vec::new(),
+            inaccessible: HashMap::new(),
             failed: HashSet::new(),
             stats: RegistryStats::default(),
         }
@@ -189,10 +192,19 @@ impl Registry {
         let Ok(id) = ProcessId::of(pid) else {
             return Ok(false); // already gone
         };
-        // Kernel threads and processes we may not inspect have no readable exe.
-        let Ok(exe) = procfs::open_exe(pid) else {
-            return Ok(false);
+        // Kernel threads have no exe; processes of other users (or with
+        // capabilities we lack) deny it without CAP_SYS_PTRACE: those are
+        // counted, since they may be Go programs we cannot see.
+        let exe = match procfs::open_exe(pid) {
+            Ok(exe) => exe,
+            Err(e) => {
+                if e.is_access_denied() {
+                    self.inaccessible.insert(pid, id);
+                }
+                return Ok(false);
+            }
         };
+        self.inaccessible.remove(&pid);
         let Ok(stamp) = FileStamp::of_file(exe.file()) else {
             return Ok(false);
         };
@@ -446,6 +458,13 @@ impl Registry {
                 self.attachments.engine_mut().forget_process(pid)?;
             }
         }
+        self.inaccessible.retain(|_, id| id.is_alive());
+        if !self.inaccessible.is_empty() && self.stats.sweeps == 0 {
+            log::warn!(
+                "{} processes cannot be inspected (their executable and memory need ptrace access: run goalloc as root with CAP_SYS_PTRACE, and Yama ptrace_scope < 3)",
+                self.inaccessible.len()
+            );
+        }
         self.refresh_selection()?;
         self.attachments.expire();
         self.classes.lock().retain(|s| in_use.contains(s));
@@ -512,6 +531,12 @@ impl Registry {
             });
         }
         Ok(out)
+    }
+
+    /// Live processes whose executable goalloc may not read (not knowing
+    /// whether they are Go programs, it reports them as a number only).
+    pub fn inaccessible(&self) -> usize {
+        self.inaccessible.len()
     }
 
     /// Number of processes with the per-allocation probes on.

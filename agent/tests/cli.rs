@@ -129,6 +129,7 @@ fn watch_pid_json_until_exit() {
                         "json",
                         "--interval",
                         "100ms",
+                        "--exact",
                     ])
                     .stdout(Stdio::piped())
                     .stderr(Stdio::piped())
@@ -182,8 +183,11 @@ fn watch_pid_json_until_exit() {
     assert_eq!(total["exited"], true);
     assert_eq!(total["go_version"], "go1.27.3");
     for key in ["allocs", "bytes", "goroutines_created", "goroutines_exited"] {
-        let sum: u64 = intervals.iter().map(|r| r[key].as_u64().unwrap()).sum();
-        let total = total[key].as_u64().unwrap();
+        let sum: u64 = intervals
+            .iter()
+            .map(|r| r["exact"][key].as_u64().unwrap())
+            .sum();
+        let total = total["exact"][key].as_u64().unwrap();
         // The last interval of an exited process is folded into its total.
         assert!(sum <= total, "{key}: intervals {sum} > total {total}");
     }
@@ -192,10 +196,21 @@ fn watch_pid_json_until_exit() {
     // The whole run includes more than the measured phases (start-up after
     // attach, printing), never less.
     assert!(
-        total["allocs"].as_u64().unwrap() >= mallocs,
+        total["exact"]["allocs"].as_u64().unwrap() >= mallocs,
         "{total} vs {mallocs}"
     );
-    assert!(total["goroutines_created"].as_u64().unwrap() >= created);
+    assert!(total["exact"]["goroutines_created"].as_u64().unwrap() >= created);
+    // The runtime's own counters of the same process, in the same rows (as
+    // of the last read before it exited: its memory is gone after).
+    for key in [
+        "allocs",
+        "bytes",
+        "gc_cycles",
+        "goroutines",
+        "heap_live_bytes",
+    ] {
+        assert!(total[key].is_u64(), "runtime {key} missing: {total}");
+    }
     assert_eq!(created, 1000);
     println!("watch total: {total}");
 }

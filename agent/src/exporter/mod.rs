@@ -91,7 +91,7 @@ where
             MetricType::Counter => {
                 ConstCounter::new(v).encode(family.encode_family(&row.labels)?)?
             }
-            _ => ConstGauge::new(v as i64).encode(family.encode_family(&row.labels)?)?,
+            _ => ConstGauge::new(v).encode(family.encode_family(&row.labels)?)?,
         }
     }
     Ok(())
@@ -337,6 +337,13 @@ impl Collector for RegistryCollector {
             "Go processes currently accounted.",
             None,
             registry.len() as f64,
+        )?;
+        gauge(
+            &mut enc,
+            "goalloc_processes_inaccessible",
+            "Processes whose executable and memory goalloc may not read (ptrace access denied: needs CAP_SYS_PTRACE for other users' processes, Yama ptrace_scope < 3); they may be Go programs.",
+            None,
+            registry.inaccessible() as f64,
         )?;
         gauge(
             &mut enc,
