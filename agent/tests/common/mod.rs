@@ -341,13 +341,33 @@ pub struct Agent {
 }
 
 impl Agent {
-    /// Starts an agent (`--sweep-interval 1s --detach-grace 1s`, so tests see
-    /// binaries detached soon after their processes exit) and waits until it
-    /// listens.
+    /// Starts an agent with per-allocation probes on every Go process
+    /// (`--exact-for all`), see [`Agent::start_with`].
     pub fn start() -> Agent {
+        Agent::start_with(&["--exact-for", "all"])
+    }
+
+    /// Starts an agent (`--sweep-interval 1s --detach-grace 1s`, so tests see
+    /// binaries detached soon after their processes exit, plus `extra`) and
+    /// waits until it listens.
+    pub fn start_with(extra: &[&str]) -> Agent {
+        Agent::start_via(&[], extra)
+    }
+
+    /// [`Agent::start_with`] through a wrapper command (`prefix`, e.g.
+    /// `setpriv ... --`), whose last word is followed by goalloc.
+    pub fn start_via(prefix: &[&str], extra: &[&str]) -> Agent {
         for _ in 0..5 {
             let addr = format!("127.0.0.1:{}", free_port());
-            let mut child = Command::new(GOALLOC)
+            let mut cmd = match prefix.split_first() {
+                Some((program, args)) => {
+                    let mut c = Command::new(program);
+                    c.args(args).arg(GOALLOC);
+                    c
+                }
+                None => Command::new(GOALLOC),
+            };
+            let mut child = cmd
                 .args([
                     "agent",
                     "--listen",
@@ -357,6 +377,7 @@ impl Agent {
                     "--detach-grace",
                     "1s",
                 ])
+                .args(extra)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::piped())
@@ -705,5 +726,67 @@ pub fn planned_offsets(path: &std::path::Path) -> std::collections::BTreeSet<u64
         .skip(1);
     let offset = |l: &str| Some(l.split_whitespace().nth(2)?.strip_prefix("0x")?.to_string());
     rows.map(|l| u64::from_str_radix(&offset(l).expect("file offset"), 16).unwrap())
+        .collect()
+}
+
+// ---------------------------------------------------------------------------
+// Reading Go runtime counters from process memory (runtime_counters.rs).
+
+/// Returns false (and says so) only when the developer opted out with
+/// GOALLOC_SKIP_BPF_TESTS=1; otherwise fails the test unless this process
+/// may read other processes' memory: root (CAP_SYS_PTRACE) and Yama
+/// ptrace_scope < 3.
+pub fn require_ptrace() -> bool {
+    if std::env::var_os(SKIP_VAR).is_some_and(|v| v == "1") {
+        eprintln!("ptrace test skipped: {SKIP_VAR}=1");
+        return false;
+    }
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "this test reads other processes' memory and drops privileges: run as root, or set {SKIP_VAR}=1 to skip it explicitly"
+    );
+    let scope = std::fs::read_to_string("/proc/sys/kernel/yama/ptrace_scope")
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .unwrap_or(0);
+    assert!(
+        scope < 3,
+        "Yama ptrace_scope is {scope}: no process may read another's memory; set /proc/sys/kernel/yama/ptrace_scope below 3, or {SKIP_VAR}=1 to skip"
+    );
+    true
+}
+
+/// One `stop=...` line of the fixture's `-stopstats` report: name -> value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StopStats {
+    pub stop: usize,
+    pub fields: std::collections::BTreeMap<String, u64>,
+}
+
+pub fn parse_stop_stats(stdout: &str) -> Vec<StopStats> {
+    stdout
+        .lines()
+        .filter(|l| l.starts_with("stop="))
+        .map(|l| {
+            let mut fields = std::collections::BTreeMap::new();
+            let mut stop = None;
+            for kv in l.split_whitespace() {
+                let (k, v) = kv
+                    .split_once('=')
+                    .unwrap_or_else(|| panic!("bad field {kv:?} in {l:?}"));
+                let v: u64 = v.parse().unwrap_or_else(|_| panic!("bad {k} in {l:?}"));
+                if k == "stop" {
+                    stop = Some(v as usize);
+                } else {
+                    fields.insert(k.to_string(), v);
+                }
+            }
+            StopStats {
+                stop: stop.unwrap_or_else(|| panic!("no stop in {l:?}")),
+                fields,
+            }
+        })
         .collect()
 }
