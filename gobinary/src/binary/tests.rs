@@ -913,6 +913,20 @@ fn io_error_names_the_path() {
     assert!(e.to_string().contains("/nonexistent/goalloc-test"), "{e}");
 }
 
+/// Mapped files: an empty one and a script are refused like bytes in
+/// memory, not with a mapping error.
+#[test]
+fn open_maps_small_and_empty_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, b"").unwrap();
+    assert!(matches!(GoBinary::open(&empty), Err(BinaryError::NotElf)));
+    let script = dir.path().join("script");
+    std::fs::write(&script, b"#!/bin/sh\n").unwrap();
+    assert!(matches!(GoBinary::open(&script), Err(BinaryError::NotElf)));
+    assert_eq!(&*MappedFile::open(&script).unwrap(), b"#!/bin/sh\n");
+}
+
 #[test]
 fn rejects_non_elf_and_random_bytes() {
     assert!(matches!(
