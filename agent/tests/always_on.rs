@@ -157,7 +157,7 @@ fn runtime_rate_follows_the_exact_count() {
     let mut agent = Agent::start_with(&["--exact-for", "exe=demo"]);
     agent.wait_ready();
     let demo = variant("go1.27.3").program("demo");
-    let child = Command::new(&demo)
+    let mut child = Command::new(&demo)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -188,6 +188,7 @@ fn runtime_rate_follows_the_exact_count() {
     let (r1, e1) = both(&agent.scrape()).expect("series vanished");
     let secs = t0.elapsed().as_secs_f64();
     drop(guard);
+    let _ = child.wait();
     let (runtime, exact) = (r1 - r0, e1 - e0);
     let diff = (runtime - exact).abs() / exact;
     println!(
@@ -226,7 +227,7 @@ fn inaccessible_processes_are_counted() {
     guard.arm(child.id());
     // A Go process the agent can still read: root, with no capability the
     // agent lacks (the kernel denies access to processes with more).
-    let mine = Command::new("setpriv")
+    let mut mine = Command::new("setpriv")
         .args(["--inh-caps=-sys_ptrace", "--bounding-set=-sys_ptrace", "--"])
         .arg(&demo)
         .stdout(Stdio::null())
@@ -282,6 +283,8 @@ fn inaccessible_processes_are_counted() {
         "no hint in the log:\n{}",
         agent.stderr()
     );
-    let _ = child.kill();
-    let _ = child.wait();
+    for c in [&mut child, &mut mine] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }

@@ -138,7 +138,7 @@ fn watch_pid_json_until_exit() {
                 let mut stderr = BufReader::new(child.stderr.take().unwrap());
                 let mut line = String::new();
                 stderr.read_line(&mut line).unwrap();
-                assert!(line.contains("attached"), "goalloc said: {line}");
+                assert!(line.contains("probes"), "goalloc said: {line}");
                 let tx = tx.clone();
                 std::thread::spawn(move || {
                     let mut rest = String::new();
