@@ -122,6 +122,9 @@ pub struct Registry {
     /// File versions that cannot be probed (counted once in `attach_errors`,
     /// not retried).
     failed: HashSet<FileStamp>,
+    /// File versions that cannot be read at all (corrupt, unreadable):
+    /// their processes are not tracked (counted once in `attach_errors`).
+    unreadable: HashSet<FileStamp>,
     pub stats: RegistryStats,
 }
 
@@ -144,6 +147,7 @@ impl Registry {
             exited: Vec::new(),
             inaccessible: HashMap::new(),
             failed: HashSet::new(),
+            unreadable: HashSet::new(),
             stats: RegistryStats::default(),
         }
     }
@@ -217,7 +221,7 @@ impl Registry {
             let exec = t.id == id;
             self.exited(pid, exec)?;
         }
-        if !self.in_scope(pid, &stamp) || self.failed.contains(&stamp) {
+        if !self.in_scope(pid, &stamp) || self.unreadable.contains(&stamp) {
             return Ok(false);
         }
         let exe_name = procfs::exe_target_of(exe.path())
@@ -231,7 +235,7 @@ impl Registry {
         let go = match class {
             Class::NotGo => return Ok(false),
             Class::Unsupported(u) => {
-                if self.failed.insert(stamp) {
+                if self.unreadable.insert(stamp) {
                     *self.stats.attach_errors.entry(u.reason).or_default() += 1;
                     log::warn!("pid {pid}: cannot read {exe_name}: {}", u.detail);
                 }
@@ -469,6 +473,7 @@ impl Registry {
         self.attachments.expire();
         self.classes.lock().retain(|s| in_use.contains(s));
         self.failed.retain(|s| in_use.contains(s));
+        self.unreadable.retain(|s| in_use.contains(s));
         self.stats.sweeps += 1;
         self.stats.last_sweep = started.elapsed();
         Ok(())
