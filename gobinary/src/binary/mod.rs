@@ -11,10 +11,11 @@
 //! failures are reported as [`BinaryError`].
 
 pub mod buildinfo;
-mod bytes;
+pub(crate) mod bytes;
 pub mod elf;
 mod moduledata;
 pub mod pclntab;
+mod sections;
 pub mod version;
 
 #[cfg(test)]
@@ -27,7 +28,10 @@ use std::ops::Deref;
 use std::path::{Path, PathBuf};
 
 pub use buildinfo::{BuildInfo, BuildInfoError, parse_build_info};
-pub use moduledata::{MODULEDATA_GO116, ModuledataLayout};
+pub use moduledata::{
+    MODULEDATA_GO116, MODULEDATA_GO118, MODULEDATA_GO120, MODULEDATA_GO127, ModuledataFields,
+    ModuledataLayout,
+};
 pub use pclntab::{FuncLayout, PclnHeader, PclnVersion, PclntabError};
 pub use version::GoVersion;
 

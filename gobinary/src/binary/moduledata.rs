@@ -47,9 +47,18 @@ pub struct ModuledataLayout {
     /// `text uintptr`: start of Go text, the base of 1.18+ entry offsets.
     pub text: u64,
     pub etext: u64,
+    /// `types uintptr`: start of the type descriptors (`abi.Type` name
+    /// offsets are relative to it).
+    pub types: u64,
+    /// `etypes uintptr`: end of the type descriptors.
+    pub etypes: u64,
+    /// `gofunc uintptr`: base of the 1.18+ funcdata offsets (`go:func.*`);
+    /// `None` before Go 1.18, where funcdata are absolute pointers.
+    pub gofunc: Option<u64>,
 }
 
-/// Go 1.16 to (at least) 1.27.
+/// Go 1.16-1.17. The prefix up to `etext` ([`MODULEDATA_GO116`]'s first
+/// fields) is the same in every later layout; `find` relies on it.
 pub const MODULEDATA_GO116: ModuledataLayout = ModuledataLayout {
     pc_header: 0,
     funcnametab: 1,
@@ -58,7 +67,50 @@ pub const MODULEDATA_GO116: ModuledataLayout = ModuledataLayout {
     maxpc: 21,
     text: 22,
     etext: 23,
+    // noptrdata..enoptrbss (24-31), end, gcdata, gcbss (32-34).
+    types: 35,
+    etypes: 36,
+    gofunc: None,
 };
+
+/// Go 1.18-1.19: `rodata` (37) and `gofunc` (38) after `etypes`.
+pub const MODULEDATA_GO118: ModuledataLayout = ModuledataLayout {
+    gofunc: Some(38),
+    ..MODULEDATA_GO116
+};
+
+/// Go 1.20-1.26: `covctrs, ecovctrs` (32-33) before `end`.
+pub const MODULEDATA_GO120: ModuledataLayout = ModuledataLayout {
+    types: 37,
+    etypes: 38,
+    gofunc: Some(40),
+    ..MODULEDATA_GO116
+};
+
+/// Go 1.27: `typedesclen` between `types` and `etypes`, then `itaboffset,
+/// itabsize` (40-41) and `rodata` (42) before `gofunc`.
+pub const MODULEDATA_GO127: ModuledataLayout = ModuledataLayout {
+    types: 37,
+    etypes: 39,
+    gofunc: Some(43),
+    ..MODULEDATA_GO116
+};
+
+impl ModuledataLayout {
+    /// The layout for Go `major.minor` (checked against `runtime/symtab.go`
+    /// of 1.19 and 1.21 to 1.27). `None` before 1.16 (no such prefix). A
+    /// release newer than the last known one gets the newest layout: callers
+    /// validate what they read (addresses inside the file's segments).
+    pub fn for_version(major: u32, minor: u32) -> Option<&'static ModuledataLayout> {
+        match (major, minor) {
+            (1, 0..=15) | (0, _) => None,
+            (1, 16..=17) => Some(&MODULEDATA_GO116),
+            (1, 18..=19) => Some(&MODULEDATA_GO118),
+            (1, 20..=26) => Some(&MODULEDATA_GO120),
+            _ => Some(&MODULEDATA_GO127),
+        }
+    }
+}
 
 /// The fields of a validated `runtime.firstmoduledata` that we use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -156,5 +208,49 @@ fn validate(
         text,
         etext,
         maxpc,
+    })
+}
+
+/// Fields of `runtime.firstmoduledata` beyond the validated prefix, read
+/// through a version's [`ModuledataLayout`] (link-time addresses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModuledataFields {
+    /// Link-time address of the moduledata itself.
+    pub addr: u64,
+    /// `[types, etypes)`: the type descriptors of the executable.
+    pub types: u64,
+    pub etypes: u64,
+    /// Base of 1.18+ funcdata offsets; `None` before Go 1.18.
+    pub gofunc: Option<u64>,
+}
+
+/// Reads the named fields of the moduledata at `addr` with `layout`. `None`
+/// when a word cannot be read or the values are implausible (`types >
+/// etypes`, or an address outside the file's segments), so that a layout
+/// that does not match the binary is noticed instead of trusted.
+pub fn read_fields(
+    reader: &PointerReader<'_>,
+    addr: u64,
+    layout: &ModuledataLayout,
+) -> Option<ModuledataFields> {
+    let ps = u64::from(reader.ptr_size);
+    let w = |i: u64| reader.read(addr.checked_add(i.checked_mul(ps)?)?);
+    let (types, etypes) = (w(layout.types)?, w(layout.etypes)?);
+    if types > etypes || reader.elf.load_segment_for(types).is_none() {
+        return None;
+    }
+    let gofunc = match layout.gofunc {
+        Some(i) => {
+            let g = w(i)?;
+            reader.elf.load_segment_for(g)?;
+            Some(g)
+        }
+        None => None,
+    };
+    Some(ModuledataFields {
+        addr,
+        types,
+        etypes,
+        gofunc,
     })
 }

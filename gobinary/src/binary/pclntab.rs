@@ -76,7 +76,7 @@ impl AddrWidth {
 /// `pcsp uint32`, `pcfile`, `pcln`, `npcdata`, `cuOffset uint32`
 /// (`startLine int32` from 1.20), then `funcID`, `flag`, a pad byte and
 /// `nfuncdata`, all `uint8`; the variable-length pcdata and funcdata offsets
-/// follow (none are read here).
+/// follow (read by [`crate::symbolize`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FuncLayout {
     /// Width of both fields of a function table pair (entry, funcoff).
@@ -88,8 +88,19 @@ pub struct FuncLayout {
     pub name_off: FieldOffset,
     /// `_func.pcsp`: `uint32` offset of the SP-delta table into pctab.
     pub pcsp: FieldOffset,
+    /// `_func.pcfile`: `uint32` offset of the file-index table into pctab.
+    pub pcfile: FieldOffset,
+    /// `_func.pcln`: `uint32` offset of the line table into pctab.
+    pub pcln: FieldOffset,
     /// `_func.npcdata`: `uint32` count of the pcdata offsets that follow.
     pub npcdata: FieldOffset,
+    /// `_func.cuOffset`: `uint32` index of the function's compilation unit
+    /// in cutab (file numbers of pcfile are relative to it).
+    pub cu_offset: FieldOffset,
+    /// `_func.startLine`: `int32` line of the `func` keyword (Go 1.20+).
+    pub start_line: Option<FieldOffset>,
+    /// `_func.funcID`: `uint8` kind of special function (`abi.FuncID`).
+    pub func_id: FieldOffset,
     /// `_func.nfuncdata`: `uint8` count of the funcdata offsets after them
     /// (`uint32` from 1.18, pointer-aligned `uintptr` before).
     pub nfuncdata: FieldOffset,
@@ -105,7 +116,12 @@ pub const FUNC_LAYOUT_GO116: FuncLayout = FuncLayout {
     entry_width: AddrWidth::Word,
     name_off: FieldOffset::new(1, 0),
     pcsp: FieldOffset::new(1, 12),
+    pcfile: FieldOffset::new(1, 16),
+    pcln: FieldOffset::new(1, 20),
     npcdata: FieldOffset::new(1, 24),
+    cu_offset: FieldOffset::new(1, 28),
+    start_line: None,
+    func_id: FieldOffset::new(1, 32),
     nfuncdata: FieldOffset::new(1, 35),
     fixed_size: FieldOffset::new(1, 36),
 };
@@ -118,7 +134,12 @@ pub const FUNC_LAYOUT_GO118: FuncLayout = FuncLayout {
     entry_width: AddrWidth::U32,
     name_off: FieldOffset::new(0, 4),
     pcsp: FieldOffset::new(0, 16),
+    pcfile: FieldOffset::new(0, 20),
+    pcln: FieldOffset::new(0, 24),
     npcdata: FieldOffset::new(0, 28),
+    cu_offset: FieldOffset::new(0, 32),
+    start_line: None,
+    func_id: FieldOffset::new(0, 36),
     nfuncdata: FieldOffset::new(0, 39),
     fixed_size: FieldOffset::new(0, 40),
 };
@@ -127,6 +148,8 @@ pub const FUNC_LAYOUT_GO118: FuncLayout = FuncLayout {
 /// `startLine int32` added after `cuOffset`; the fields before it did not
 /// move.
 pub const FUNC_LAYOUT_GO120: FuncLayout = FuncLayout {
+    start_line: Some(FieldOffset::new(0, 36)),
+    func_id: FieldOffset::new(0, 40),
     nfuncdata: FieldOffset::new(0, 43),
     fixed_size: FieldOffset::new(0, 44),
     ..FUNC_LAYOUT_GO118
