@@ -13,4 +13,5 @@ pub mod report;
 pub mod runtime;
 pub mod select;
 pub mod system;
+pub mod top;
 pub mod watch;

@@ -9,6 +9,7 @@ use goalloc::{
     exporter::Aggregate,
     report::OutputFormat,
     select::{ExactSelection, Selector},
+    top::{self, TopOptions},
     watch::{self, WatchOptions},
 };
 use gobinary::{
@@ -55,6 +56,13 @@ enum Command {
         /// Where to probe (`entry` only to measure its cost in benchmarks).
         #[arg(long, value_enum, default_value_t = Placement::Prologue, hide = true)]
         placement: Placement,
+    },
+    /// Every Go process on this host, live and full screen: allocation and
+    /// GC rates, live heap, goroutines (a table when stdout is not a terminal).
+    Top {
+        /// Time between refreshes.
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        interval: Duration,
     },
     /// Follow every Go process on this node and serve Prometheus metrics.
     Agent {
@@ -190,6 +198,12 @@ fn run(cli: Cli) -> Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(agent::run(opts))
+        }
+        Command::Top { interval } => {
+            if interval.is_zero() {
+                anyhow::bail!("--interval must be greater than zero");
+            }
+            top::run(TopOptions { interval })
         }
         Command::Inspect { path } => inspect(&path),
     }

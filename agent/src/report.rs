@@ -312,7 +312,8 @@ fn avg_size(s: &ProcStats) -> String {
         .map_or_else(|| "-".into(), |avg| avg.to_string())
 }
 
-fn short_version(v: &str) -> &str {
+/// The release of a Go version string (`go1.27.3` of `go1.27.3-X:...`).
+pub fn short_version(v: &str) -> &str {
     v.split([' ', '-']).next().unwrap_or(v)
 }
 

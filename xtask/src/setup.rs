@@ -35,6 +35,8 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     "jwt",
     "go-mmproxy",
+    // A terminal for the `goalloc top` tests (send-keys, capture-pane).
+    "tmux",
 ];
 
 /// Offline validator of the Kubernetes manifests (PyPI), in its own venv.
