@@ -24,16 +24,21 @@ const STARTUP: Duration = Duration::from_secs(60);
 /// draw; a few seconds allow for a loaded machine.
 const APPEARS_WITHIN: Duration = Duration::from_secs(5);
 
-/// A tmux server of our own (its own socket) with one session, `top`,
-/// running an interactive `sh`; killed when dropped.
+/// A tmux server of our own (its socket in a temporary directory, removed
+/// with it) with one session, `top`, running an interactive `sh`; killed
+/// when dropped.
 struct Tmux {
-    socket: String,
+    socket: PathBuf,
+    _dir: tempfile::TempDir,
 }
 
 impl Tmux {
     fn start(width: u16, height: u16) -> Tmux {
-        let socket = format!("goalloc-top-test-{}-{}", std::process::id(), unique());
-        let t = Tmux { socket };
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tmux {
+            socket: dir.path().join("tmux"),
+            _dir: dir,
+        };
         let out = t
             .cmd()
             .args(["new-session", "-d", "-s", "top", "-x"])
@@ -55,7 +60,9 @@ impl Tmux {
         let mut c = Command::new("tmux");
         // -u: the screen is UTF-8 (sort marks, trends, sparklines) whatever
         // the locale of the test.
-        c.args(["-u", "-L", &self.socket])
+        c.arg("-u")
+            .arg("-S")
+            .arg(&self.socket)
             .env("LANG", "C.UTF-8")
             .stdin(Stdio::null());
         c
@@ -152,12 +159,6 @@ impl Drop for Tmux {
         // Closing the pane hangs up top, which quits on SIGHUP.
         let _ = self.cmd().arg("kill-server").output();
     }
-}
-
-fn unique() -> u64 {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static N: AtomicU64 = AtomicU64::new(0);
-    N.fetch_add(1, Ordering::Relaxed)
 }
 
 /// The demo service copied into `dir` as `topdemo`.
