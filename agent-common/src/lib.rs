@@ -17,10 +17,9 @@ pub const fn bucket_upper_bound(i: usize) -> u64 {
 
 /// Capacity of the per-process statistics map.
 pub const MAX_PROCESSES: u32 = 16_384;
-/// Capacity of the probe-site table (one entry per attached allocator function).
-pub const MAX_SITES: u32 = 4_096;
-/// Capacity of the process filter used by `goalloc watch --pid`.
-pub const MAX_FILTERED_PIDS: u32 = 4_096;
+/// Capacity of the probe-site table: one entry per probe of each probed
+/// process (attachments are per process, each with its own cookies).
+pub const MAX_SITES: u32 = 16_384;
 /// Dispatcher address ranges a size-specialized allocator site can skip.
 pub const MAX_SKIP_RANGES: usize = 4;
 
@@ -34,6 +33,12 @@ pub struct ProcStats {
     pub bytes: u64,
     pub goroutines_created: u64,
     pub goroutines_exited: u64,
+    /// Every probe hit of the process, counted or not (zero sizes, nested
+    /// calls): what the process paid in traps, for the cost guard.
+    pub hits: u64,
+    /// The part of `hits` at sites the kernel single-steps (see
+    /// [`SITE_FLAG_STEPPED`]): each costs a second trap.
+    pub stepped_hits: u64,
     /// log2 histogram of requested sizes.
     pub size_hist: [u64; HIST_BUCKETS],
 }
@@ -44,6 +49,8 @@ impl ProcStats {
         bytes: 0,
         goroutines_created: 0,
         goroutines_exited: 0,
+        hits: 0,
+        stepped_hits: 0,
         size_hist: [0; HIST_BUCKETS],
     };
 
@@ -55,6 +62,8 @@ impl ProcStats {
             .goroutines_created
             .wrapping_add(other.goroutines_created);
         self.goroutines_exited = self.goroutines_exited.wrapping_add(other.goroutines_exited);
+        self.hits = self.hits.wrapping_add(other.hits);
+        self.stepped_hits = self.stepped_hits.wrapping_add(other.stepped_hits);
         for (a, b) in self.size_hist.iter_mut().zip(other.size_hist.iter()) {
             *a = a.wrapping_add(*b);
         }
@@ -123,9 +132,25 @@ pub const ABI_STACK: u32 = 1;
 
 /// `mallocgc`: counts calls with a non-zero size.
 pub const SITE_MALLOCGC: u32 = 0;
-/// A size-specialized or leaf allocator: counts calls unless the caller is a
-/// dispatcher (a `skip` range), which has already counted the allocation.
+/// An allocator that ends one allocation (a Go 1.24+ worker such as
+/// `mallocgcSmallNoscan`, or a size-specialized allocator): counts calls
+/// unless the caller is a dispatcher (a `skip` range) that has already
+/// counted the allocation. Never sees size 0 (`mallocgc` returns
+/// `zerobase` before dispatching).
 pub const SITE_SPECIALIZED: u32 = 1;
+/// A goroutine probe: counts nothing but its hit (the program says what).
+pub const SITE_GOROUTINE: u32 = 2;
+
+/// `ProbeSite::flags`: the kernel single-steps the probed instruction (a
+/// second trap per hit, ~15x the cost of an emulated one).
+pub const SITE_FLAG_STEPPED: u32 = 1;
+
+/// `ProbeSite::size_loc`: the size argument is in the first argument
+/// register (RAX on amd64, X0 on arm64) at the probe point.
+pub const LOC_REG_ARG0: u32 = 0;
+/// `ProbeSite::size_loc`: the size argument is the word at
+/// `[stack pointer + size_off]` at the probe point.
+pub const LOC_STACK: u32 = 1;
 
 /// Per-attachment configuration, found by the uprobe's attach cookie.
 #[repr(C)]
@@ -141,6 +166,17 @@ pub struct ProbeSite {
     pub abi: u32,
     /// Number of valid entries in `skip`.
     pub skip_count: u32,
+    /// `SITE_FLAG_*`.
+    pub flags: u32,
+    /// Where the size argument is at the probe point (`LOC_*`), for the
+    /// register ABI. A probe placed after instructions that moved it (an
+    /// emulated site further in the prologue) says where it went.
+    pub size_loc: u32,
+    /// Byte offset from the stack pointer for [`LOC_STACK`].
+    pub size_off: u32,
+    /// Offset of the return address from the stack pointer at the probe
+    /// point (amd64: 0 at entry, 8 after a `push`).
+    pub ret_off: u32,
     pub _reserved: u32,
     pub skip: [VaRange; MAX_SKIP_RANGES],
 }
@@ -153,25 +189,14 @@ pub struct ProbeSite {
 pub mod names {
     /// Per-process counters (`PerCpuHashMap<u32, ProcStats>`).
     pub const MAP_PROC_STATS: &str = "PROC_STATS";
-    /// Allocator probe configuration by attach cookie (`Array<ProbeSite>`).
+    /// Probe configuration by attach cookie (`Array<ProbeSite>`).
     pub const MAP_SITES: &str = "SITES";
-    /// The `--pid` filter (`HashMap<u32, u8>`).
-    pub const MAP_WATCHED_PIDS: &str = "WATCHED_PIDS";
     /// Process exec/exit events (`RingBuf` of `ProcEvent`).
     pub const MAP_EVENTS: &str = "EVENTS";
     /// Self-observability counters (`PerCpuArray<u64>`, indexed by `Counter`).
     pub const MAP_COUNTERS: &str = "COUNTERS";
     /// Every map, for checks.
-    pub const MAPS: [&str; 5] = [
-        MAP_PROC_STATS,
-        MAP_SITES,
-        MAP_WATCHED_PIDS,
-        MAP_EVENTS,
-        MAP_COUNTERS,
-    ];
-
-    /// Global set at load time: 1 restricts accounting to `WATCHED_PIDS`.
-    pub const GLOBAL_FILTER_BY_PID: &str = "FILTER_BY_PID";
+    pub const MAPS: [&str; 4] = [MAP_PROC_STATS, MAP_SITES, MAP_EVENTS, MAP_COUNTERS];
 
     /// Uprobe on the allocators.
     pub const PROG_ALLOC: &str = "goalloc_alloc";
@@ -203,28 +228,25 @@ pub enum Counter {
     AllocNestedSkips = 1,
     /// `mallocgc` hits with size 0 (returns `zerobase`, not an allocation).
     AllocZeroSize = 2,
-    /// Hits from processes outside the `--pid` filter.
-    FilteredOut = 3,
     /// Hits dropped because the statistics map was full.
-    StatsMapFull = 4,
+    StatsMapFull = 3,
     /// Hits whose site configuration or arguments could not be read.
-    ReadErrors = 5,
-    GoroutineCreateHits = 6,
-    GoroutineExitHits = 7,
+    ReadErrors = 4,
+    GoroutineCreateHits = 5,
+    GoroutineExitHits = 6,
     /// Process events dropped because the ring buffer was full.
-    EventsLost = 8,
+    EventsLost = 7,
 }
 
 impl Counter {
     /// Number of counters (the size of the `COUNTERS` array).
-    pub const COUNT: u32 = 9;
+    pub const COUNT: u32 = 8;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
         Counter::AllocHits,
         Counter::AllocNestedSkips,
         Counter::AllocZeroSize,
-        Counter::FilteredOut,
         Counter::StatsMapFull,
         Counter::ReadErrors,
         Counter::GoroutineCreateHits,
@@ -244,7 +266,6 @@ impl Counter {
             Counter::AllocHits => "alloc",
             Counter::AllocNestedSkips => "alloc_nested",
             Counter::AllocZeroSize => "alloc_zero_size",
-            Counter::FilteredOut => "filtered",
             Counter::StatsMapFull => "stats_map_full",
             Counter::ReadErrors => "read_error",
             Counter::GoroutineCreateHits => "goroutine_create",
@@ -330,8 +351,8 @@ mod tests {
 
     #[test]
     fn layouts_have_no_padding() {
-        assert_eq!(core::mem::size_of::<ProcStats>(), 8 * (4 + HIST_BUCKETS));
-        assert_eq!(core::mem::size_of::<ProbeSite>(), 24 + 16 * MAX_SKIP_RANGES);
+        assert_eq!(core::mem::size_of::<ProcStats>(), 8 * (6 + HIST_BUCKETS));
+        assert_eq!(core::mem::size_of::<ProbeSite>(), 40 + 16 * MAX_SKIP_RANGES);
     }
 
     #[test]

@@ -1,19 +1,21 @@
-//! Allocation probes: `runtime.mallocgc` and the size-specialized allocators.
+//! Allocation probes.
 //!
-//! Since Go 1.26/1.27 the compiler may call a size-specialized allocator
-//! directly, and `mallocgc` also dispatches to them. Each allocation is counted
-//! once: `mallocgc` counts its call, and a specialized allocator counts only
-//! when it was not called from a dispatcher (its `skip` ranges).
+//! Which functions are probed depends on the Go release (see
+//! `gobinary::plan::AllocScheme`): `runtime.mallocgc` up to Go 1.23 (counts
+//! calls with a non-zero size), the workers `mallocgc` dispatches to from Go
+//! 1.24 (one trap per allocation), plus the size-specialized allocators the
+//! compiler may call directly (Go 1.26 experiment, 1.27). A worker or
+//! specialized hit whose caller is a dispatcher that already counted the
+//! allocation (its `skip` ranges) is not counted again.
 
 use agent_common::{
-    ABI_STACK, Counter, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, size_bucket,
+    ABI_STACK, Counter, LOC_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED,
+    size_bucket,
 };
-use aya_ebpf::{
-    EbpfContext, helpers::bpf_get_attach_cookie, macros::uprobe, programs::ProbeContext,
-};
+use aya_ebpf::{macros::uprobe, programs::ProbeContext};
 
 use crate::{
-    maps::{SITES, bump, current_tgid, stats_of},
+    maps::{bump, count_hit, current_tgid, site_of, stats_of},
     regs,
 };
 
@@ -25,23 +27,21 @@ pub fn goalloc_alloc(ctx: ProbeContext) -> u32 {
 
 #[inline(always)]
 fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
-    let tgid = current_tgid().ok_or(())?;
-    // SAFETY: helper call on our own context.
-    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
-    let Some(site) = SITES.get(cookie) else {
+    let site = site_of(ctx).ok_or(())?;
+    let stats = stats_of(current_tgid()).ok_or(())?;
+    count_hit(stats, site);
+    let size = if site.abi == ABI_STACK {
+        regs::stack_arg0(ctx)
+    } else if site.size_loc == LOC_STACK {
+        // The probe sits past instructions that moved the size argument to
+        // the stack (an emulated site further into the prologue).
+        regs::stack_word(ctx, u64::from(site.size_off))
+    } else {
+        Some(regs::reg_arg0(ctx))
+    };
+    let Some(size) = size else {
         bump(Counter::ReadErrors);
         return Err(());
-    };
-    let size = if site.abi == ABI_STACK {
-        match regs::stack_arg0(ctx) {
-            Some(size) => size,
-            None => {
-                bump(Counter::ReadErrors);
-                return Err(());
-            }
-        }
-    } else {
-        regs::reg_arg0(ctx)
     };
     match site.kind {
         SITE_MALLOCGC if size == 0 => {
@@ -55,7 +55,6 @@ fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
         }
         _ => {}
     }
-    let stats = stats_of(tgid).ok_or(())?;
     stats.allocs += 1;
     stats.bytes += size;
     let bucket = size_bucket(size);
@@ -73,7 +72,7 @@ fn called_from_dispatcher(ctx: &ProbeContext, site: &ProbeSite) -> Result<bool, 
     if site.skip_count == 0 {
         return Ok(false);
     }
-    let Some(ret) = regs::return_address(ctx) else {
+    let Some(ret) = regs::return_address(ctx, u64::from(site.ret_off)) else {
         bump(Counter::ReadErrors);
         return Err(());
     };

@@ -1,14 +1,15 @@
 //! Maps shared by all probe families, and the per-process accounting helpers.
 
 use agent_common::{
-    Counter, EVENTS_RING_BYTES, MAX_FILTERED_PIDS, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats,
+    Counter, EVENTS_RING_BYTES, MAX_PROCESSES, MAX_SITES, ProbeSite, ProcStats, SITE_FLAG_STEPPED,
 };
 use aya_ebpf::{
-    Global,
+    EbpfContext,
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
-    helpers::bpf_get_current_pid_tgid,
+    helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid},
     macros::map,
-    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, PerCpuArray, PerCpuHashMap, RingBuf},
+    programs::ProbeContext,
 };
 
 /// Cumulative counters per process (tgid). Per-CPU so the hot path needs no
@@ -19,13 +20,10 @@ use aya_ebpf::{
 pub static PROC_STATS: PerCpuHashMap<u32, ProcStats> =
     PerCpuHashMap::with_max_entries(MAX_PROCESSES, BPF_F_NO_PREALLOC);
 
-/// Allocator probe configuration, indexed by the attach cookie.
+/// Probe configuration, indexed by the attach cookie. Every probe of every
+/// probed process has its own slot.
 #[map]
 pub static SITES: Array<ProbeSite> = Array::with_max_entries(MAX_SITES, 0);
-
-/// Processes to account when `FILTER_BY_PID` is set (`goalloc watch --pid`).
-#[map]
-pub static WATCHED_PIDS: HashMap<u32, u8> = HashMap::with_max_entries(MAX_FILTERED_PIDS, 0);
 
 /// Process exec/exit events for the agent's process tracking.
 #[map]
@@ -34,10 +32,6 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_RING_BYTES, 0);
 /// Self-observability counters, indexed by `agent_common::Counter`.
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Counter::COUNT, 0);
-
-/// Set by the loader: 1 restricts accounting to `WATCHED_PIDS`.
-#[unsafe(no_mangle)]
-static FILTER_BY_PID: Global<u8> = Global::new(0);
 
 /// Template for new `PROC_STATS` entries; a static keeps 352 bytes off the
 /// 512-byte BPF stack.
@@ -51,15 +45,34 @@ pub fn bump(counter: Counter) {
     }
 }
 
-/// The current process, if it is one we account for.
+/// The current process. No filter is needed: every probe is attached to
+/// one chosen process (the kernel writes its breakpoint into that process
+/// alone and runs the program only there).
 #[inline(always)]
-pub fn current_tgid() -> Option<u32> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if FILTER_BY_PID.load() != 0 && WATCHED_PIDS.get_ptr(tgid).is_none() {
-        bump(Counter::FilteredOut);
-        return None;
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// The configuration of the probe that fired, found by its attach cookie.
+#[inline(always)]
+pub fn site_of(ctx: &ProbeContext) -> Option<&'static ProbeSite> {
+    // SAFETY: helper call on our own context.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
+    let site = SITES.get(cookie);
+    if site.is_none() {
+        bump(Counter::ReadErrors);
     }
-    Some(tgid)
+    site
+}
+
+/// Counts one probe hit of the process (what it paid, for the cost guard),
+/// whatever the hit then counts.
+#[inline(always)]
+pub fn count_hit(stats: &mut ProcStats, site: &ProbeSite) {
+    stats.hits += 1;
+    if site.flags & SITE_FLAG_STEPPED != 0 {
+        stats.stepped_hits += 1;
+    }
 }
 
 /// This CPU's statistics slot of `tgid`, created on first use.

@@ -14,8 +14,8 @@ pub fn reg_arg0(ctx: &ProbeContext) -> u64 {
     return regs.regs[0];
 }
 
-/// The stack pointer at the probe point (unchanged since entry: probes sit
-/// before the frame is set up).
+/// The stack pointer at the probe point (unchanged since entry unless the
+/// site says otherwise: probes sit before or early in the frame set-up).
 #[inline(always)]
 pub fn stack_pointer(ctx: &ProbeContext) -> u64 {
     // SAFETY: as above.
@@ -41,22 +41,28 @@ pub fn instruction_pointer(ctx: &ProbeContext) -> u64 {
 /// return address on amd64; on arm64 the word above the saved-LR slot.
 #[inline(always)]
 pub fn stack_arg0(ctx: &ProbeContext) -> Option<u64> {
-    let sp = stack_pointer(ctx);
-    // SAFETY: bpf_probe_read_user copes with any address.
-    unsafe { bpf_probe_read_user((sp + 8) as *const u64) }.ok()
+    stack_word(ctx, 8)
 }
 
-/// The return address of the probed call.
+/// The word at `[stack pointer + off]` of the probed thread.
 #[inline(always)]
-pub fn return_address(ctx: &ProbeContext) -> Option<u64> {
+pub fn stack_word(ctx: &ProbeContext, off: u64) -> Option<u64> {
+    let sp = stack_pointer(ctx);
+    // SAFETY: bpf_probe_read_user copes with any address.
+    unsafe { bpf_probe_read_user(sp.wrapping_add(off) as *const u64) }.ok()
+}
+
+/// The return address of the probed call: at `[stack pointer + ret_off]` on
+/// amd64 (0 at the entry, more once the prologue pushed something).
+#[inline(always)]
+pub fn return_address(ctx: &ProbeContext, ret_off: u64) -> Option<u64> {
     #[cfg(bpf_target_arch = "x86_64")]
     {
-        let sp = stack_pointer(ctx);
-        // SAFETY: bpf_probe_read_user copes with any address.
-        unsafe { bpf_probe_read_user(sp as *const u64) }.ok()
+        stack_word(ctx, ret_off)
     }
     #[cfg(bpf_target_arch = "aarch64")]
     {
+        let _ = ret_off;
         // SAFETY: as above; LR still holds it before the frame is pushed.
         Some(unsafe { (*ctx.regs).regs[30] })
     }

@@ -19,7 +19,7 @@ use gobinary::plan::PlanOptions;
 
 use crate::{
     classify::Classifier,
-    ebpf::{Engine, EngineOptions},
+    ebpf::Engine,
     events::ProcessEvents,
     exporter::{Aggregate, CONTENT_TYPE, Metrics},
     identity, procfs,
@@ -75,7 +75,7 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
 }
 
 pub async fn run(opts: AgentOptions) -> Result<()> {
-    let mut engine = Engine::load(EngineOptions::default())?;
+    let mut engine = Engine::load()?;
     let mut events = ProcessEvents::start(&mut engine)?;
     let registry = Arc::new(Mutex::new(Registry::new(
         engine,

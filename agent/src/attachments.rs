@@ -1,11 +1,21 @@
-//! Which executables carry goalloc's probes, for how many processes, and
-//! when they come off.
+//! Which processes carry goalloc's probes, and when they come off.
 //!
-//! A uprobe is placed on a file, so an executable is attached once however
-//! many processes run it; it stays attached while processes hold a
-//! reference and for a grace period after the last one exits (a program
-//! restarted in a loop is not detached and re-attached each time). Detaching
-//! runs on a thread of its own: the kernel takes about 0.1 s per uprobe.
+//! Probes are attached per process (see [`crate::ebpf`]): an attachment is
+//! keyed by (executable, pid) and belongs to one process, so there is no
+//! reference counting. A process that exits loses its probes at once: its
+//! uprobes can no longer fire anywhere (the kernel filters them by the
+//! process's memory, which is gone), and a restarted program is a new
+//! process that needs attachments of its own anyway.
+//!
+//! Grace now only covers `exec`: the kernel's per-process uprobe follows the
+//! task into its new image, so a process that re-executes the same file
+//! keeps its probes instead of paying a detach and an attach (and missing
+//! allocations in between). An attachment released by an exec is parked for
+//! the grace period; re-acquired for the same file version it is kept,
+//! otherwise it is detached.
+//!
+//! Detaching runs on a thread of its own: the kernel takes about 0.1 s per
+//! uprobe, which must not stall the event loop.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -18,15 +28,14 @@ use gobinary::plan::ProbePlan;
 
 use crate::{
     classify::FileStamp,
-    ebpf::{AttachSummary, Detached, Engine, EngineError},
-    procfs::BinaryKey,
+    ebpf::{AttachSummary, AttachmentId, Detached, Engine, EngineError},
 };
 
-/// Detaches binaries off the event loop; hands back their probe-site slots.
+/// Detaches probes off the event loop; hands back their probe-site slots.
 struct Detacher {
     tx: Sender<Detached>,
-    done: Receiver<(BinaryKey, Vec<u32>)>,
-    in_flight: HashSet<BinaryKey>,
+    done: Receiver<(AttachmentId, Vec<u32>)>,
+    in_flight: HashSet<AttachmentId>,
 }
 
 impl Detacher {
@@ -51,17 +60,16 @@ impl Detacher {
     }
 }
 
-/// The engine's attachments with reference counts and detach grace.
+/// The engine's per-process attachments, detached off the event loop.
 pub struct Attachments {
     engine: Engine,
-    /// How long a binary stays attached after its last process released it.
+    /// How long an attachment released by an exec waits for its process to
+    /// come back with the same file.
     grace: Duration,
-    /// Processes per attached binary.
-    refs: HashMap<BinaryKey, usize>,
-    /// Attached binaries without processes, since when.
-    idle: HashMap<BinaryKey, Instant>,
-    /// Which version of each attached file its probes were planned for.
-    stamps: HashMap<BinaryKey, FileStamp>,
+    /// Which version of the file each attachment's probes were planned for.
+    stamps: HashMap<AttachmentId, FileStamp>,
+    /// Attachments released by an exec, since when.
+    parked: HashMap<AttachmentId, Instant>,
     detacher: Detacher,
 }
 
@@ -70,9 +78,8 @@ impl Attachments {
         Attachments {
             engine,
             grace,
-            refs: HashMap::new(),
-            idle: HashMap::new(),
             stamps: HashMap::new(),
+            parked: HashMap::new(),
             detacher: Detacher::new(),
         }
     }
@@ -85,68 +92,72 @@ impl Attachments {
         &mut self.engine
     }
 
-    /// Takes a reference on the probes of `stamp`'s file, attaching `plan`
-    /// through `path` (an open descriptor of that file) if needed. Returns
-    /// whether the probes were placed now.
+    /// Puts `plan` on process `id.pid`, attaching through `path` (an open
+    /// descriptor of the file `stamp` describes). An attachment parked by
+    /// an exec of the same file version is taken back as it is.
     pub fn acquire(
         &mut self,
+        id: AttachmentId,
         stamp: FileStamp,
         path: &Path,
         plan: &ProbePlan,
     ) -> Result<AttachSummary, EngineError> {
-        self.collect_detached(Some(stamp.key));
-        if self.stamps.get(&stamp.key).is_some_and(|s| *s != stamp) {
-            // Rewritten in place while attached: the old offsets must go
-            // before the new ones are placed.
-            log::warn!("{} changed on disk: re-attaching", path.display());
-            self.idle.remove(&stamp.key);
-            self.start_detach(stamp.key);
-            self.collect_detached(Some(stamp.key));
+        self.collect_detached(None);
+        if self.parked.remove(&id).is_some() && self.stamps.get(&id) != Some(&stamp) {
+            // The process exec'd another version of the file: the old
+            // offsets must go before the new ones are placed, or both fire.
+            self.start_detach(id);
         }
-        let summary = self.engine.attach(stamp.key, path, plan)?;
-        self.stamps.insert(stamp.key, stamp);
-        *self.refs.entry(stamp.key).or_default() += 1;
-        self.idle.remove(&stamp.key);
+        // A detach of this very attachment still running (released, then
+        // acquired again): wait, or its allocations would count twice.
+        self.collect_detached(Some(id));
+        let summary = self.engine.attach(id, path, plan)?;
+        self.stamps.insert(id, stamp);
         Ok(summary)
     }
 
-    /// Drops a reference taken by [`acquire`](Self::acquire); the last one
-    /// starts the grace period (or the detach, without grace).
-    pub fn release(&mut self, key: BinaryKey) {
-        let Some(n) = self.refs.get_mut(&key) else {
-            return;
-        };
-        *n -= 1;
-        if *n == 0 {
-            self.refs.remove(&key);
-            if self.grace.is_zero() {
-                self.start_detach(key);
-            } else {
-                self.idle.insert(key, Instant::now());
-            }
+    /// Takes the probes off a process that exited or that is no longer
+    /// probed (detached on the detach thread).
+    pub fn release(&mut self, id: AttachmentId) {
+        self.parked.remove(&id);
+        self.start_detach(id);
+    }
+
+    /// A process exec'd: keeps its probes for the grace period in case the
+    /// new image is the same file (see the module docs).
+    pub fn release_for_exec(&mut self, id: AttachmentId) {
+        if self.grace.is_zero() {
+            self.release(id);
+        } else if self.engine.is_attached(&id) {
+            self.parked.insert(id, Instant::now());
         }
     }
 
-    /// Detaches binaries whose grace period is over and takes back what the
-    /// detach thread finished.
+    /// Detaches parked attachments whose grace is over and takes back what
+    /// the detach thread finished.
     pub fn expire(&mut self) {
-        let expired: Vec<BinaryKey> = self
-            .idle
+        let expired: Vec<AttachmentId> = self
+            .parked
             .iter()
             .filter(|(_, since)| since.elapsed() >= self.grace)
-            .map(|(k, _)| *k)
+            .map(|(id, _)| *id)
             .collect();
-        for key in expired {
-            self.idle.remove(&key);
-            self.start_detach(key);
+        for id in expired {
+            self.release(id);
         }
         self.collect_detached(None);
     }
 
-    /// Hands the probes of `key` to the detach thread.
-    fn start_detach(&mut self, key: BinaryKey) {
-        if let Some(d) = self.engine.take_attachment(&key) {
-            self.detacher.in_flight.insert(key);
+    /// Attachments being detached right now.
+    pub fn detaching(&self) -> usize {
+        self.detacher.in_flight.len()
+    }
+
+    /// Hands the probes of `id` to the detach thread.
+    fn start_detach(&mut self, id: AttachmentId) {
+        self.stamps.remove(&id);
+        if let Some(d) = self.engine.take_attachment(&id) {
+            self.detacher.in_flight.insert(id);
             if self.detacher.tx.send(d).is_err() {
                 log::warn!("the detach thread is gone; probes stay until exit");
             }
@@ -154,17 +165,14 @@ impl Attachments {
     }
 
     /// Takes back what the detach thread finished. With `wait_for`, blocks
-    /// until that binary's old probes are gone: attaching it again before
-    /// would count its allocations twice.
-    fn collect_detached(&mut self, wait_for: Option<BinaryKey>) {
-        while let Ok((key, sites)) = self.detacher.done.try_recv() {
+    /// until that attachment's old probes are gone.
+    fn collect_detached(&mut self, wait_for: Option<AttachmentId>) {
+        while let Ok((id, sites)) = self.detacher.done.try_recv() {
             self.engine.release_sites(sites);
-            self.detacher.in_flight.remove(&key);
+            self.detacher.in_flight.remove(&id);
         }
-        let engine = &self.engine;
-        self.stamps.retain(|k, _| engine.is_attached(k));
-        let Some(key) = wait_for else { return };
-        while self.detacher.in_flight.contains(&key) {
+        let Some(id) = wait_for else { return };
+        while self.detacher.in_flight.contains(&id) {
             match self.detacher.done.recv() {
                 Ok((done, sites)) => {
                     self.engine.release_sites(sites);

@@ -1,12 +1,21 @@
-//! Loading goalloc's eBPF programs, attaching probe plans to binaries, and
-//! reading the per-process counters back.
+//! Loading goalloc's eBPF programs, attaching probe plans to chosen
+//! processes, and reading the per-process counters back.
+//!
+//! Probes are attached per process (`UProbeScope::OneProcess`): the kernel
+//! writes the breakpoint into that process's memory only, so another process
+//! running the same executable keeps its native speed. Each attachment has
+//! its own probe-site slots (cookies).
 
-use std::{collections::HashMap, path::Path};
+use std::{
+    collections::{HashMap, HashSet},
+    num::NonZeroU32,
+    path::Path,
+};
 
 use agent_common::{Counter, Counters, ProbeSite, ProcStats, names};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, HashMap as BpfHashMap, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
     programs::{
         ProgramError, RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
@@ -53,8 +62,31 @@ pub enum EngineError {
     },
     #[error("polling the process event ring buffer: {0}")]
     Poll(#[source] std::io::Error),
-    #[error("the probe-site table is full ({0} sites): too many distinct binaries")]
+    #[error("the probe-site table is full ({0} sites): too many probed processes")]
     SitesFull(u32),
+    #[error("pid 0 cannot be probed")]
+    NoProcess,
+}
+
+impl EngineError {
+    /// The process to attach to was gone (exited while being attached):
+    /// not a failure of goalloc or of the binary.
+    pub fn is_process_gone(&self) -> bool {
+        let EngineError::Attach { source, .. } = self else {
+            return false;
+        };
+        match source.as_ref() {
+            ProgramError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ESRCH),
+            _ => false,
+        }
+    }
+}
+
+/// One process's probes on one executable: what an attachment is keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AttachmentId {
+    pub binary: BinaryKey,
+    pub pid: u32,
 }
 
 fn map_err(map: &'static str) -> impl FnOnce(MapError) -> EngineError {
@@ -69,10 +101,10 @@ struct Attachment {
     sites: Vec<u32>,
 }
 
-/// A binary's probes taken out of the engine, to be detached off the hot
+/// A process's probes taken out of the engine, to be detached off the hot
 /// path: the kernel takes about 0.1 s to unregister each uprobe, one at a time.
 pub struct Detached {
-    pub key: BinaryKey,
+    pub id: AttachmentId,
     links: Vec<UProbeLink>,
     sites: Vec<u32>,
 }
@@ -80,9 +112,9 @@ pub struct Detached {
 impl Detached {
     /// Detaches (slow); returns the probe-site slots, free again only now
     /// that no probe can read them.
-    pub fn finish(self) -> (BinaryKey, Vec<u32>) {
+    pub fn finish(self) -> (AttachmentId, Vec<u32>) {
         drop(self.links);
-        (self.key, self.sites)
+        (self.id, self.sites)
     }
 }
 
@@ -94,16 +126,15 @@ pub struct AttachSummary {
 }
 
 /// The loaded programs, their maps (typed handles, taken once at load) and
-/// every binary they are attached to.
+/// every process they are attached to.
 pub struct Engine {
     ebpf: Ebpf,
     proc_stats: PerCpuHashMap<MapData, u32, ProcStats>,
     sites: Array<MapData, ProbeSite>,
-    watched_pids: BpfHashMap<MapData, u32, u8>,
     counters: PerCpuArray<MapData, u64>,
     /// Handed out once by [`Engine::start_process_events`].
     events: Option<RingBuf<MapData>>,
-    attached: HashMap<BinaryKey, Attachment>,
+    attached: HashMap<AttachmentId, Attachment>,
     free_sites: Vec<u32>,
 }
 
@@ -121,21 +152,12 @@ where
     T::try_from(map).map_err(map_err(name))
 }
 
-/// Options fixed at load time.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct EngineOptions {
-    /// Account only the processes added with [`Engine::watch_pid`].
-    pub filter_by_pid: bool,
-}
-
 impl Engine {
     /// Checks privileges and kernel support, then loads the programs.
-    pub fn load(opts: EngineOptions) -> Result<Engine, EngineError> {
+    pub fn load() -> Result<Engine, EngineError> {
         system::preflight()?;
         system::raise_fd_limit();
-        let filter = u8::from(opts.filter_by_pid);
         let mut ebpf = EbpfLoader::new()
-            .override_global(names::GLOBAL_FILTER_BY_PID, &filter, true)
             .load(OBJECT)
             .map_err(|e| EngineError::Load(Box::new(e)))?;
         for kind in PROGRAMS {
@@ -159,7 +181,6 @@ impl Engine {
         Ok(Engine {
             proc_stats: take_map(&mut ebpf, names::MAP_PROC_STATS)?,
             sites: take_map(&mut ebpf, names::MAP_SITES)?,
-            watched_pids: take_map(&mut ebpf, names::MAP_WATCHED_PIDS)?,
             counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
             events: Some(take_map(&mut ebpf, names::MAP_EVENTS)?),
             ebpf,
@@ -168,15 +189,16 @@ impl Engine {
         })
     }
 
-    /// Attaches `plan` to the file at `path` (whose identity is `key`), once
-    /// per file: uprobes fire for every process mapping it.
+    /// Attaches `plan` to process `id.pid` running the file at `path` (whose
+    /// identity is `id.binary`). Only that process gets the breakpoints.
+    /// Nothing half-attached stays behind on error.
     pub fn attach(
         &mut self,
-        key: BinaryKey,
+        id: AttachmentId,
         path: &Path,
         plan: &ProbePlan,
     ) -> Result<AttachSummary, EngineError> {
-        if let Some(a) = self.attached.get(&key) {
+        if let Some(a) = self.attached.get(&id) {
             return Ok(AttachSummary {
                 probes: a.links.len(),
                 newly_attached: false,
@@ -186,14 +208,14 @@ impl Engine {
             links: Vec::new(),
             sites: Vec::new(),
         };
-        let result = self.attach_all(path, plan, &mut att);
+        let pid = NonZeroU32::new(id.pid).ok_or(EngineError::NoProcess)?;
+        let result = self.attach_all(path, plan, pid, &mut att);
         if let Err(e) = result {
-            // Nothing half-attached stays behind.
             self.release(att);
             return Err(e);
         }
         let probes = att.links.len();
-        self.attached.insert(key, att);
+        self.attached.insert(id, att);
         Ok(AttachSummary {
             probes,
             newly_attached: true,
@@ -204,30 +226,25 @@ impl Engine {
         &mut self,
         path: &Path,
         plan: &ProbePlan,
+        pid: NonZeroU32,
         att: &mut Attachment,
     ) -> Result<(), EngineError> {
         for probe in &plan.probes {
-            let cookie = match probe.site {
-                Some(site) => {
-                    let index = self
-                        .free_sites
-                        .pop()
-                        .ok_or(EngineError::SitesFull(agent_common::MAX_SITES))?;
-                    att.sites.push(index);
-                    self.set_site(index, site)?;
-                    Some(u64::from(index))
-                }
-                None => None,
-            };
+            let index = self
+                .free_sites
+                .pop()
+                .ok_or(EngineError::SitesFull(agent_common::MAX_SITES))?;
+            att.sites.push(index);
+            self.set_site(index, probe.site)?;
             let prog = self.program(probe.kind);
             let link = prog
                 .attach(
                     UProbeAttachPoint {
                         location: UProbeAttachLocation::AbsoluteOffset(probe.file_offset),
-                        cookie,
+                        cookie: Some(u64::from(index)),
                     },
                     path,
-                    UProbeScope::AllProcesses,
+                    UProbeScope::OneProcess(pid),
                 )
                 .map_err(|e| EngineError::Attach {
                     function: probe.function.clone(),
@@ -262,10 +279,10 @@ impl Engine {
         self.free_sites.extend(att.sites);
     }
 
-    /// Takes the probes of `key` out of the engine without detaching them yet
+    /// Takes the probes of `id` out of the engine without detaching them yet
     /// (see [`Detached`]).
-    pub fn take_attachment(&mut self, key: &BinaryKey) -> Option<Detached> {
-        let att = self.attached.remove(key)?;
+    pub fn take_attachment(&mut self, id: &AttachmentId) -> Option<Detached> {
+        let att = self.attached.remove(id)?;
         let mut links = Vec::with_capacity(att.links.len());
         for (kind, id) in att.links {
             match self.program(kind).take_link(id) {
@@ -274,7 +291,7 @@ impl Engine {
             }
         }
         Some(Detached {
-            key: *key,
+            id: *id,
             links,
             sites: att.sites,
         })
@@ -285,9 +302,9 @@ impl Engine {
         self.free_sites.extend(sites);
     }
 
-    /// Detaches every probe of the binary `key`.
-    pub fn detach(&mut self, key: &BinaryKey) -> bool {
-        match self.attached.remove(key) {
+    /// Detaches every probe of the attachment `id` (slow: see [`Detached`]).
+    pub fn detach(&mut self, id: &AttachmentId) -> bool {
+        match self.attached.remove(id) {
             Some(att) => {
                 self.release(att);
                 true
@@ -296,12 +313,18 @@ impl Engine {
         }
     }
 
-    pub fn is_attached(&self, key: &BinaryKey) -> bool {
-        self.attached.contains_key(key)
+    pub fn is_attached(&self, id: &AttachmentId) -> bool {
+        self.attached.contains_key(id)
     }
 
-    /// Number of attached binaries.
+    /// Number of distinct executables with probes in some process.
     pub fn attached_binaries(&self) -> usize {
+        let binaries: HashSet<BinaryKey> = self.attached.keys().map(|id| id.binary).collect();
+        binaries.len()
+    }
+
+    /// Number of processes with probes.
+    pub fn attached_processes(&self) -> usize {
         self.attached.len()
     }
 
@@ -344,13 +367,6 @@ impl Engine {
         })
     }
 
-    /// Adds a process to the `--pid` filter.
-    pub fn watch_pid(&mut self, pid: u32) -> Result<(), EngineError> {
-        self.watched_pids
-            .insert(pid, 1, 0)
-            .map_err(map_err(names::MAP_WATCHED_PIDS))
-    }
-
     /// The counters of one process since its first probe hit, summed over CPUs.
     pub fn stats(&self, tgid: u32) -> Result<Option<ProcStats>, EngineError> {
         match self.proc_stats.get(&tgid, 0) {
@@ -374,15 +390,11 @@ impl Engine {
         Ok(out)
     }
 
-    /// Forgets a process: its counters and its place in the `--pid` filter.
-    /// Called when it exits, so a reused PID starts from zero.
+    /// Forgets a process's counters. Called when it exits, so a reused PID
+    /// starts from zero.
     pub fn forget_process(&mut self, tgid: u32) -> Result<(), EngineError> {
         match self.proc_stats.remove(&tgid) {
-            Err(e) if !is_not_found(&e) => return Err(map_err(names::MAP_PROC_STATS)(e)),
-            _ => {}
-        }
-        match self.watched_pids.remove(&tgid) {
-            Err(e) if !is_not_found(&e) => Err(map_err(names::MAP_WATCHED_PIDS)(e)),
+            Err(e) if !is_not_found(&e) => Err(map_err(names::MAP_PROC_STATS)(e)),
             _ => Ok(()),
         }
     }
@@ -405,9 +417,9 @@ impl Drop for Engine {
     fn drop(&mut self) {
         // Dropping the programs would detach too; doing it explicitly keeps
         // the order obvious and reports failures.
-        let keys: Vec<_> = self.attached.keys().copied().collect();
-        for key in keys {
-            self.detach(&key);
+        let ids: Vec<_> = self.attached.keys().copied().collect();
+        for id in ids {
+            self.detach(&id);
         }
     }
 }
@@ -450,13 +462,6 @@ mod tests {
                 "program {prog} missing from the object"
             );
         }
-        // The global is found by its symbol name in the string table.
-        let symbol = format!("{}\0", names::GLOBAL_FILTER_BY_PID);
-        assert!(
-            OBJECT.windows(symbol.len()).any(|w| w == symbol.as_bytes()),
-            "global {} missing from the object",
-            names::GLOBAL_FILTER_BY_PID
-        );
         assert_eq!(
             obj.maps[names::MAP_COUNTERS].max_entries(),
             Counter::COUNT,

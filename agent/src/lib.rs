@@ -6,6 +6,7 @@ pub mod classify;
 pub mod ebpf;
 pub mod events;
 pub mod exporter;
+pub mod guard;
 pub mod identity;
 pub mod procfs;
 pub mod registry;

@@ -75,10 +75,16 @@ enum Command {
         /// Period of the /proc sweep that backs up the kernel's exec/exit events.
         #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
         sweep_interval: Duration,
-        /// Keep a binary's probes this long after its last process exits, so
-        /// programs restarted in a loop are not re-attached each time.
+        /// Keep a process's probes this long after it exec'd, so a process
+        /// that re-executes the same file keeps them (probes are per process
+        /// and follow it across exec; an exited process's go at once).
         #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
         detach_grace: Duration,
+        /// Take the per-allocation probes off a process when they cost it
+        /// more than this (estimated, per process): a fraction of one CPU
+        /// (`0.02`) or a percentage (`2%`). Its runtime counters stay.
+        #[arg(long, default_value = "0.02", value_parser = goalloc::guard::parse_budget)]
+        exact_budget: f64,
         /// Put per-allocation probes on these processes (repeatable): `all`,
         /// `pid=N`, `exe=GLOB`, `namespace=NS`, `pod=NS/NAME`. Pods annotated
         /// `goalloc.io/exact: "true"` get them too. Every other Go process is
@@ -178,6 +184,7 @@ fn run(cli: Cli) -> Result<()> {
             sweep_interval,
             detach_grace,
             exact_for,
+            exact_budget,
         } => {
             if sweep_interval.is_zero() {
                 anyhow::bail!("--sweep-interval must be greater than zero");
@@ -191,6 +198,7 @@ fn run(cli: Cli) -> Result<()> {
                 exact: ExactSelection {
                     selectors: exact_for,
                     pod_annotation: true,
+                    budget: Some(exact_budget),
                 },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -230,18 +238,23 @@ fn inspect(path: &std::path::Path) -> Result<()> {
     }
     println!("per-allocation probes (--exact):");
     let plan = plan::plan_for_arch(&bin, PlanOptions::default())?;
-    println!("scheme:     {:?}", plan.scheme);
+    println!("scheme:     {:?} ({})", plan.scheme, plan.scheme_reason);
+    println!("sites:");
+    for p in &plan.probes {
+        println!("  {:<44} {}", p.function, p.site_reason);
+    }
     println!(
-        "{:<44} {:>18} {:>12} {:<16} INSTRUCTION",
-        "FUNCTION", "PROBE VADDR", "FILE OFFSET", "PLACEMENT"
+        "{:<44} {:>18} {:>12} {:<16} {:<8} INSTRUCTION",
+        "FUNCTION", "PROBE VADDR", "FILE OFFSET", "PLACEMENT", "TRAP"
     );
     for p in &plan.probes {
         println!(
-            "{:<44} {:>#18x} {:>#12x} {:<16} {}",
+            "{:<44} {:>#18x} {:>#12x} {:<16} {:<8} {}",
             p.function,
             p.vaddr,
             p.file_offset,
             format!("{:?}", p.placement),
+            if p.emulated { "emulated" } else { "stepped" },
             p.instruction
         );
     }

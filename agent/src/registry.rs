@@ -20,7 +20,8 @@ use gobinary::{plan::PlanOptions, runtime::RuntimeCounters};
 use crate::{
     attachments::Attachments,
     classify::{Class, Classifier, FileStamp, GoExecutable, SharedClassCache},
-    ebpf::{Engine, EngineError},
+    ebpf::{AttachmentId, Engine, EngineError},
+    guard,
     identity::{cgroup::CgroupIdentity, kube::PodIndex},
     procfs::{self, BinaryKey, ProcessId},
     runtime::{ReadStats, RuntimeSource, Unavailable},
@@ -89,6 +90,10 @@ pub struct RegistryStats {
     pub max_exec_to_tracked: Option<Duration>,
     /// Exited processes dropped before a view took them.
     pub exited_dropped: u64,
+    /// Processes whose per-allocation probes were taken off or never put
+    /// on although chosen, by reason (`budget`: over `--exact-budget`;
+    /// `attach`: the kernel refused the probes for that process).
+    pub exact_disabled: BTreeMap<&'static str, u64>,
 }
 
 /// A Go process being accounted.
@@ -103,9 +108,23 @@ struct Tracked {
     runtime: Result<RuntimeSource, Unavailable>,
     /// The per-allocation probes are on for it.
     probed: bool,
+    /// Why the probes are off although the selection chooses it (never
+    /// retried for this process).
+    exact_off: Option<&'static str>,
+    /// The cost guard's current window, while probed.
+    window: Option<guard::Window>,
     /// Probe counters at the last snapshot: the final ones if the kernel
     /// resets them at exec before we read them again.
     last_seen: ProcStats,
+}
+
+impl Tracked {
+    fn attachment(&self) -> AttachmentId {
+        AttachmentId {
+            binary: self.stamp.key,
+            pid: self.info.pid,
+        }
+    }
 }
 
 pub struct Registry {
@@ -268,6 +287,8 @@ impl Registry {
             exe: go,
             runtime,
             probed: false,
+            exact_off: None,
+            window: None,
             last_seen: ProcStats::ZERO,
         };
         self.probe_if_chosen(&mut tracked, exe.path())?;
@@ -282,7 +303,7 @@ impl Registry {
         t: &mut Tracked,
         path: &std::path::Path,
     ) -> Result<(), EngineError> {
-        if t.probed {
+        if t.probed || t.exact_off.is_some() {
             return Ok(());
         }
         let pod = self.pod_names(&t.info.cgroup);
@@ -309,28 +330,36 @@ impl Registry {
         if self.failed.contains(&t.stamp) {
             return Ok(());
         }
-        if let Scope::Pids(_) = self.scope {
-            self.attachments.engine_mut().watch_pid(pid)?;
-        }
-        match self.attachments.acquire(t.stamp, path, &plan) {
+        match self
+            .attachments
+            .acquire(t.attachment(), t.stamp, path, &plan)
+        {
             Ok(s) => {
                 if s.newly_attached {
                     log::info!(
-                        "attached {} probes to {} ({})",
+                        "pid {pid}: attached {} probes to {} ({}, {:?})",
                         s.probes,
                         t.info.exe,
-                        plan.go_version
+                        plan.go_version,
+                        plan.scheme
                     );
                 }
                 t.probed = true;
+                let now = self.attachments.engine().stats(pid)?.unwrap_or_default();
+                t.window = Some(guard::Window::start(&now));
+            }
+            // A process that exited while being attached is skipped: not an
+            // error of goalloc nor of its executable.
+            Err(e) if e.is_process_gone() || !t.id.is_alive() => {
+                log::debug!("pid {pid} exited while being attached: {e}");
             }
             Err(e) => {
-                // A process that exited meanwhile is not an attach error; a
-                // real failure is not retried for this file version.
-                if t.id.is_alive() && self.failed.insert(t.stamp) {
-                    *self.stats.attach_errors.entry("attach").or_default() += 1;
-                    log::warn!("pid {pid}: {e}");
-                }
+                // This process only: another process of the same file, or
+                // this one's siblings, are attached on their own.
+                t.exact_off = Some("attach");
+                *self.stats.exact_disabled.entry("attach").or_default() += 1;
+                *self.stats.attach_errors.entry("attach").or_default() += 1;
+                log::warn!("pid {pid}: no per-allocation probes: {e}");
             }
         }
         Ok(())
@@ -342,7 +371,7 @@ impl Registry {
         let unprobed: Vec<u32> = self
             .processes
             .iter()
-            .filter(|(_, t)| !t.probed && t.exe.plan.is_ok())
+            .filter(|(_, t)| !t.probed && t.exact_off.is_none() && t.exe.plan.is_ok())
             .map(|(p, _)| *p)
             .collect();
         for pid in unprobed {
@@ -382,7 +411,11 @@ impl Registry {
             self.attachments.engine_mut().forget_process(pid)?;
         }
         if t.probed {
-            self.attachments.release(t.stamp.key);
+            if exec {
+                self.attachments.release_for_exec(t.attachment());
+            } else {
+                self.attachments.release(t.attachment());
+            }
         }
         let runtime = match &t.runtime {
             Ok(source) => source.last().cloned().ok_or(Unavailable {
@@ -470,12 +503,56 @@ impl Registry {
             );
         }
         self.refresh_selection()?;
+        self.guard_costs()?;
         self.attachments.expire();
         self.classes.lock().retain(|s| in_use.contains(s));
         self.failed.retain(|s| in_use.contains(s));
         self.unreadable.retain(|s| in_use.contains(s));
         self.stats.sweeps += 1;
         self.stats.last_sweep = started.elapsed();
+        Ok(())
+    }
+
+    /// The cost guard: takes the probes off every process whose estimated
+    /// probe cost over the last window is above the budget (see
+    /// [`guard`]). Its runtime counters stay; its probes never come back.
+    fn guard_costs(&mut self) -> Result<(), EngineError> {
+        let Some(budget) = self.exact.budget else {
+            return Ok(());
+        };
+        let probed: Vec<u32> = self
+            .processes
+            .iter()
+            .filter(|(_, t)| t.probed)
+            .map(|(p, _)| *p)
+            .collect();
+        for pid in probed {
+            let Some(stats) = self.attachments.engine().stats(pid)? else {
+                continue;
+            };
+            let Some(t) = self.processes.get_mut(&pid) else {
+                continue;
+            };
+            let Some(rate) = t.window.as_mut().and_then(|w| w.close(&stats)) else {
+                continue;
+            };
+            if rate <= budget {
+                continue;
+            }
+            log::warn!(
+                "pid {pid} ({}): per-allocation probes cost an estimated {:.1}% of a CPU, over the budget of {:.1}% (--exact-budget): probes taken off, runtime counters stay",
+                t.info.exe,
+                rate * 100.0,
+                budget * 100.0
+            );
+            t.probed = false;
+            t.window = None;
+            t.exact_off = Some("budget");
+            t.last_seen = stats;
+            let id = t.attachment();
+            *self.stats.exact_disabled.entry("budget").or_default() += 1;
+            self.attachments.release(id);
+        }
         Ok(())
     }
 

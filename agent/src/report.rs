@@ -74,6 +74,8 @@ struct JsonExact {
     bytes: u64,
     goroutines_created: u64,
     goroutines_exited: u64,
+    /// Estimated CPU seconds the probes cost the process (see `guard`).
+    probe_cpu_seconds: f64,
     /// `[inclusive upper bound in bytes, count]` of the non-empty log2 buckets.
     size_histogram: Vec<[u64; 2]>,
 }
@@ -209,13 +211,16 @@ impl<W: Write> Reporter<W> {
                     Err(reason) => line.push_str(&format!(" no runtime counters: {reason}")),
                 }
                 if let Some(e) = &f.exact {
+                    let cost = crate::guard::cpu_seconds(e);
                     line.push_str(&format!(
-                        "; probes: {} allocations, {} requested (avg {} B), {} goroutines created, {} exited",
+                        "; probes: {} allocations, {} requested (avg {} B), {} goroutines created, {} exited; probe cost ~{:.3} s CPU ({:.2}% of one CPU, estimated)",
                         e.allocs,
                         human_bytes(e.bytes as f64),
                         avg_size(e),
                         e.goroutines_created,
                         e.goroutines_exited,
+                        cost,
+                        if seconds > 0.0 { 100.0 * cost / seconds } else { 0.0 },
                     ));
                 }
                 writeln!(self.out, "{line}")?;
@@ -284,6 +289,7 @@ impl<W: Write> Reporter<W> {
                 bytes: e.bytes,
                 goroutines_created: e.goroutines_created,
                 goroutines_exited: e.goroutines_exited,
+                probe_cpu_seconds: crate::guard::cpu_seconds(e),
                 size_histogram: histogram(e),
             }),
         };

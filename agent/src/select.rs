@@ -90,12 +90,16 @@ impl Selector {
     }
 }
 
-/// The processes chosen for per-allocation probes.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The processes chosen for per-allocation probes, and what they may cost.
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExactSelection {
     pub selectors: Vec<Selector>,
     /// Honour the pod annotation `goalloc.io/exact: "true"`.
     pub pod_annotation: bool,
+    /// The cost guard's budget per process, as a fraction of one CPU
+    /// (`--exact-budget`); `None`: no guard (`goalloc watch --exact`, where
+    /// the user asked for these very processes and sees the cost).
+    pub budget: Option<f64>,
 }
 
 impl ExactSelection {
@@ -109,6 +113,7 @@ impl ExactSelection {
         ExactSelection {
             selectors: vec![Selector::All],
             pod_annotation: false,
+            budget: None,
         }
     }
 
@@ -228,6 +233,7 @@ mod tests {
         let by = |s: &str| ExactSelection {
             selectors: vec![s.parse().unwrap()],
             pod_annotation: false,
+            budget: None,
         };
         assert!(by("pid=7").wants(&p, &PodNames::default(), false));
         assert!(!by("pid=8").wants(&p, &PodNames::default(), false));
@@ -241,6 +247,7 @@ mod tests {
         let annotated = ExactSelection {
             selectors: vec![],
             pod_annotation: true,
+            budget: None,
         };
         assert!(annotated.wants(&p, &pod("shop", "web-0"), true));
         assert!(!annotated.wants(&p, &pod("shop", "web-0"), false));

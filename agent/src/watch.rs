@@ -24,7 +24,7 @@ use gobinary::{
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::{
-    ebpf::{Engine, EngineOptions},
+    ebpf::Engine,
     events::ProcessEvents,
     procfs::{self, BinaryKey, OpenExe, ProcessId},
     registry::{ProcessSnapshot, Registry, Scope},
@@ -172,9 +172,7 @@ pub async fn run(opts: WatchOptions, out: impl Write) -> Result<()> {
     let mut reporter = Reporter::new(opts.output, opts.exact, out);
     let (scope, described) = resolve(&opts.target, opts.plan, opts.exact)?;
     let by_pid = matches!(scope, Scope::Pids(_));
-    let mut engine = Engine::load(EngineOptions {
-        filter_by_pid: by_pid,
-    })?;
+    let mut engine = Engine::load()?;
     let mut events = ProcessEvents::start(&mut engine)?;
     let exact = if opts.exact {
         ExactSelection::all()
@@ -278,6 +276,8 @@ pub fn diff(a: &ProcStats, b: &ProcStats) -> ProcStats {
         bytes: a.bytes.wrapping_sub(b.bytes),
         goroutines_created: a.goroutines_created.wrapping_sub(b.goroutines_created),
         goroutines_exited: a.goroutines_exited.wrapping_sub(b.goroutines_exited),
+        hits: a.hits.wrapping_sub(b.hits),
+        stepped_hits: a.stepped_hits.wrapping_sub(b.stepped_hits),
         size_hist: a.size_hist,
     };
     for (x, y) in d.size_hist.iter_mut().zip(b.size_hist.iter()) {

@@ -1,7 +1,10 @@
 //! Exactness against the Go runtime's own accounting: for each fixture phase,
 //! the allocations goalloc counted equal the `MemStats.Mallocs` delta, the
 //! bytes equal what the fixture requested, and goroutine creations and exits
-//! equal what it did. Needs BPF (run as root via `cargo xtask test`).
+//! equal what it did. From Go 1.24 the probes sit on the allocation workers
+//! and every allocator hit is one allocation (one trap per allocation).
+//! Probes are attached to the fixture process alone. Needs BPF (run as root
+//! via `cargo xtask test`).
 
 mod common;
 
@@ -10,13 +13,14 @@ use std::cell::RefCell;
 use agent_common::{Counter, Counters, ProcStats};
 use common::{Variant, parse_phases, require_bpf, run_with_stops, variant, variants};
 use goalloc::{
-    ebpf::{Engine, EngineOptions},
+    ebpf::{AttachmentId, Engine},
     procfs::BinaryKey,
     watch::diff,
 };
 use gobinary::{
     GoBinary,
-    plan::{self, AllocScheme, PlanOptions},
+    binary::GoVersion,
+    plan::{self, AllocScheme, PlanOptions, ProbePlan},
 };
 
 /// The variants named in the foundation issue; the matrix test covers the rest.
@@ -39,21 +43,20 @@ fn measure(v: &Variant) -> Measured {
     let fixture = v.program("fixture");
     let bin = GoBinary::open(&fixture).unwrap();
     let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
-    let engine = RefCell::new(
-        Engine::load(EngineOptions {
-            filter_by_pid: true,
-        })
-        .unwrap(),
-    );
-    engine
-        .borrow_mut()
-        .attach(BinaryKey::of_path(&fixture).unwrap(), &fixture, &plan)
-        .unwrap();
+    let engine = RefCell::new(Engine::load().unwrap());
+    let binary = BinaryKey::of_path(&fixture).unwrap();
     let mut snaps: Vec<ProcStats> = Vec::new();
+    // Attached to the fixture process alone, right after it started: its
+    // first stop comes before its first phase.
     let fin = run_with_stops(
         &fixture,
         &[],
-        |pid| engine.borrow_mut().watch_pid(pid).unwrap(),
+        |pid| {
+            engine
+                .borrow_mut()
+                .attach(AttachmentId { binary, pid }, &fixture, &plan)
+                .unwrap();
+        },
         |pid, _| {
             snaps.push(
                 engine
@@ -138,6 +141,15 @@ fn measure(v: &Variant) -> Measured {
                 p.goroutines_exited
             ));
         }
+        // One trap per allocation: under the worker scheme every allocator
+        // hit is an allocation (no zero sizes, no nested calls).
+        let alloc_hits = d.hits - d.goroutines_created - d.goroutines_exited;
+        if plan.scheme == AllocScheme::Workers && alloc_hits != d.allocs {
+            bad.push(format!(
+                "{} {}: {alloc_hits} allocator hits for {} allocations",
+                v.label, p.name, d.allocs
+            ));
+        }
         let hist_total: u64 = d.size_hist.iter().sum();
         if hist_total != d.allocs {
             bad.push(format!(
@@ -174,17 +186,26 @@ fn measure(v: &Variant) -> Measured {
     }
 }
 
+/// The scheme every cell must use: the workers from Go 1.24 (the fixtures
+/// are built without -race/-asan, so mallocgc dispatches to them), mallocgc
+/// before.
+fn expected_scheme(plan: &ProbePlan) -> AllocScheme {
+    if plan.version >= GoVersion::new(1, 24, 0) {
+        AllocScheme::Workers
+    } else {
+        AllocScheme::Mallocgc
+    }
+}
+
 fn check(label: &str, scheme: AllocScheme) {
     if !require_bpf() {
         return;
     }
     let v = variant(label);
     let bin = GoBinary::open(&v.program("fixture")).unwrap();
-    assert_eq!(
-        plan::plan(&bin, PlanOptions::default()).unwrap().scheme,
-        scheme,
-        "{label}"
-    );
+    let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
+    assert_eq!(plan.scheme, scheme, "{label}: {}", plan.scheme_reason);
+    assert_eq!(expected_scheme(&plan), scheme, "{label}");
     let m = measure(&v);
     println!("{}", m.report);
     if scheme == AllocScheme::MallocgcAndSpecialized {
@@ -206,12 +227,12 @@ fn exact_go1_21() {
 
 #[test]
 fn exact_go1_27_size_specialized() {
-    check("go1.27.3", AllocScheme::MallocgcAndSpecialized);
+    check("go1.27.3", AllocScheme::Workers);
 }
 
 #[test]
 fn exact_go1_27_nosizespecializedmalloc() {
-    check("go1.27.3-nosizespecializedmalloc", AllocScheme::Mallocgc);
+    check("go1.27.3-nosizespecializedmalloc", AllocScheme::Workers);
 }
 
 /// Every other built variant: the whole matrix of Go versions,
@@ -234,6 +255,15 @@ fn exact_other_variants() {
     {
         let bin = GoBinary::open(&v.program("fixture")).unwrap();
         let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
+        if plan.scheme != expected_scheme(&plan) {
+            bad.push(format!(
+                "{}: scheme {:?}, expected {:?} ({})",
+                v.label,
+                plan.scheme,
+                expected_scheme(&plan),
+                plan.scheme_reason
+            ));
+        }
         let m = measure(v);
         summary += &format!(
             "{:<46} {:<7} {:<22} {:>6} {:>10} {:>10} {:>5}\n",

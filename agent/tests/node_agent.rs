@@ -692,11 +692,12 @@ impl Drop for UmountOnDrop {
 }
 
 /// Two containers of one image: each runs the binary through its own
-/// overlayfs mount (a different device and inode from the host's view), but
-/// the uprobes land on the one real file, so the agent must attach once and
-/// count both processes separately and exactly.
+/// overlayfs mount (a different device and inode from the host's view), and
+/// the uprobes land on the one real file. Probes are per process: each
+/// process gets its plan exactly once (never twice through the two mounts),
+/// and both are counted separately and exactly.
 #[test]
-fn two_overlay_mounts_of_one_binary_share_one_attachment() {
+fn two_overlay_mounts_of_one_binary_each_process_attached_once() {
     if !require_bpf() {
         return;
     }
@@ -769,8 +770,8 @@ fn two_overlay_mounts_of_one_binary_share_one_attachment() {
             assert_eq!(offsets, planned, "uprobes on the image's binary");
             assert_eq!(
                 ids.len(),
-                planned.len(),
-                "one binary in two overlay mounts attached {} times",
+                2 * planned.len(),
+                "two processes of one binary in two overlay mounts hold {} plans",
                 ids.len() as f64 / planned.len() as f64
             );
             for p in runners {
@@ -778,7 +779,7 @@ fn two_overlay_mounts_of_one_binary_share_one_attachment() {
                 assert_eq!(series.len(), 1, "pid {p}: {series:?}");
             }
             report = format!(
-                "two overlay mounts (devices {} and {}), one attachment: {} uprobes",
+                "two overlay mounts (devices {} and {}), one attachment per process: {} uprobes",
                 dev(&programs[0]),
                 dev(&programs[1]),
                 ids.len()

@@ -5,7 +5,7 @@ mod common;
 
 use common::{require_bpf, run_with_stops, variants};
 use goalloc::{
-    ebpf::{Engine, EngineOptions},
+    ebpf::{AttachmentId, Engine},
     procfs::BinaryKey,
 };
 use gobinary::{
@@ -33,11 +33,18 @@ fn fixture_output_identical_with_and_without_probes() {
         let without = run_with_stops(&fixture, &[], |_| {}, |_, _| {});
         let bin = GoBinary::open(&fixture).unwrap();
         let plan = plan::plan(&bin, PlanOptions::default()).unwrap();
-        let mut engine = Engine::load(EngineOptions::default()).unwrap();
-        engine
-            .attach(BinaryKey::of_path(&fixture).unwrap(), &fixture, &plan)
-            .unwrap();
-        let with = run_with_stops(&fixture, &[], |_| {}, |_, _| {});
+        let mut engine = Engine::load().unwrap();
+        let binary = BinaryKey::of_path(&fixture).unwrap();
+        let with = run_with_stops(
+            &fixture,
+            &[],
+            |pid| {
+                engine
+                    .attach(AttachmentId { binary, pid }, &fixture, &plan)
+                    .unwrap();
+            },
+            |_, _| {},
+        );
         let hits = engine
             .counters()
             .unwrap()

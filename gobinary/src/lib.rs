@@ -12,6 +12,7 @@ pub mod binary;
 pub mod plan;
 pub mod prologue;
 pub mod runtime;
+pub mod site;
 pub mod symbolize;
 /// Synthetic function tables for tests and fuzz seeds (feature `synth`).
 #[cfg(any(test, feature = "synth"))]

@@ -4,13 +4,14 @@
 //! offsets and per-site configuration; `ebpf` then attaches it.
 
 use agent_common::{
-    ABI_REGISTER, ABI_STACK, MAX_SKIP_RANGES, ProbeSite, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange,
-    names,
+    ABI_REGISTER, ABI_STACK, LOC_REG_ARG0, MAX_SKIP_RANGES, ProbeSite, SITE_FLAG_STEPPED,
+    SITE_GOROUTINE, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange, names,
 };
 
 use crate::{
     binary::{Arch, BinaryError, GoBinary, GoVersion},
     prologue::{self, Placement, PrologueError},
+    site,
 };
 
 /// Oldest Go release goalloc supports: the first with the register ABI (amd64).
@@ -42,9 +43,26 @@ pub enum AllocScheme {
     Mallocgc,
     /// Size-specialized allocators exist (Go 1.26 experiment, 1.27 default):
     /// `mallocgc` plus each specialized function, which skips hits whose
-    /// caller is a dispatcher.
+    /// caller is a dispatcher. Two traps for an allocation that goes through
+    /// `mallocgc`: only used when the workers cannot be probed.
     MallocgcAndSpecialized,
+    /// Go 1.24+: the workers `mallocgc` dispatches to (`mallocgcTiny`,
+    /// `mallocgcSmallNoscan`, `mallocgcSmallScanNoHeader`,
+    /// `mallocgcSmallScanHeader`, `mallocgcLarge`) and the size-specialized
+    /// allocators, not `mallocgc`: one trap per allocation. `mallocgc`
+    /// returns `zerobase` for size 0 before dispatching, so every worker hit
+    /// is an allocation.
+    Workers,
 }
+
+/// The allocation workers of Go 1.24+, called by `mallocgc` only.
+pub const WORKERS: [&str; 5] = [
+    "runtime.mallocgcTiny",
+    "runtime.mallocgcSmallNoscan",
+    "runtime.mallocgcSmallScanNoHeader",
+    "runtime.mallocgcSmallScanHeader",
+    "runtime.mallocgcLarge",
+];
 
 /// One uprobe to attach.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,8 +76,15 @@ pub struct PlannedProbe {
     pub placement: Placement,
     /// The instruction at the probe point, for logs.
     pub instruction: String,
-    /// Configuration for allocator probes (`None` for goroutine probes).
-    pub site: Option<ProbeSite>,
+    /// The kernel emulates the instruction at the probe point (one trap per
+    /// hit); otherwise it single-steps it (two traps, ~15x the cost).
+    pub emulated: bool,
+    /// Why the probe sits where it does, and where the arguments are there
+    /// (for `goalloc inspect`).
+    pub site_reason: String,
+    /// Configuration of the probe, found by the eBPF program through the
+    /// attach cookie.
+    pub site: ProbeSite,
 }
 
 #[derive(Debug, Clone)]
@@ -67,6 +92,9 @@ pub struct ProbePlan {
     pub go_version: String,
     pub version: GoVersion,
     pub scheme: AllocScheme,
+    /// Why this scheme (e.g. why the worker scheme was not used), for
+    /// `goalloc inspect` and logs.
+    pub scheme_reason: String,
     pub probes: Vec<PlannedProbe>,
 }
 
@@ -170,14 +198,18 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
         .functions()
         .filter(|f| is_specialized_allocator(&f.name))
         .collect();
-    let scheme = if specialized.is_empty() {
-        AllocScheme::Mallocgc
-    } else {
-        AllocScheme::MallocgcAndSpecialized
-    };
+    let mallocgc = bin
+        .lookup("runtime.mallocgc")
+        .ok_or(PlanError::MissingFunction("runtime.mallocgc"))?;
+    let (scheme, scheme_reason) = choose_scheme(bin, mallocgc, !specialized.is_empty())?;
+    // Dispatchers: functions that count an allocation themselves (or whose
+    // caller did) and may call a probed allocator for it. Under the worker
+    // scheme mallocgc is not probed, so only the slow paths remain (Go
+    // 1.27's tiny slow path may call a small specialized allocator).
     let mut dispatchers: Vec<VaRange> = bin
         .functions()
         .filter(|f| is_dispatcher(&f.name))
+        .filter(|f| scheme != AllocScheme::Workers || f.name != "runtime.mallocgc")
         .map(|f| VaRange {
             start: f.entry,
             end: f.end,
@@ -191,46 +223,149 @@ pub fn plan_for_arch(bin: &GoBinary, opts: PlanOptions) -> Result<ProbePlan, Pla
     skip[..dispatchers.len()].copy_from_slice(&dispatchers);
 
     let mut probes = Vec::new();
-    let mallocgc = bin
-        .lookup("runtime.mallocgc")
-        .ok_or(PlanError::MissingFunction("runtime.mallocgc"))?;
-    let mut site = ProbeSite {
-        kind: SITE_MALLOCGC,
+    let base = ProbeSite {
         abi,
         ..ProbeSite::default()
     };
-    probes.push(probe(bin, ProbeKind::Alloc, mallocgc, Some(site), opts)?);
-    site.kind = SITE_SPECIALIZED;
-    site.skip_count = dispatchers.len() as u32;
-    site.skip = skip;
+    let leaf = ProbeSite {
+        kind: SITE_SPECIALIZED,
+        skip_count: dispatchers.len() as u32,
+        skip,
+        ..base
+    };
+    if scheme == AllocScheme::Workers {
+        for name in WORKERS {
+            if let Some(f) = bin.lookup(name) {
+                probes.push(probe(bin, ProbeKind::Alloc, f, leaf, opts)?);
+            }
+        }
+    } else {
+        let site = ProbeSite {
+            kind: SITE_MALLOCGC,
+            ..base
+        };
+        probes.push(probe(bin, ProbeKind::Alloc, mallocgc, site, opts)?);
+    }
     for f in specialized {
-        probes.push(probe(bin, ProbeKind::Alloc, f, Some(site), opts)?);
+        probes.push(probe(bin, ProbeKind::Alloc, f, leaf, opts)?);
     }
 
     let create = bin
         .lookup("runtime.newproc1")
         .ok_or(PlanError::MissingFunction("runtime.newproc1"))?;
-    probes.push(probe(bin, ProbeKind::GoroutineCreate, create, None, opts)?);
+    let goroutine = ProbeSite {
+        kind: SITE_GOROUTINE,
+        ..base
+    };
+    probes.push(probe(
+        bin,
+        ProbeKind::GoroutineCreate,
+        create,
+        goroutine,
+        opts,
+    )?);
     // gdestroy exists from Go 1.22 (goexit0 calls it); before, goexit0 did the work.
     let exit = bin
         .lookup("runtime.gdestroy")
         .or_else(|| bin.lookup("runtime.goexit0"))
         .ok_or(PlanError::MissingFunction("runtime.gdestroy"))?;
-    probes.push(probe(bin, ProbeKind::GoroutineExit, exit, None, opts)?);
+    probes.push(probe(bin, ProbeKind::GoroutineExit, exit, goroutine, opts)?);
 
     Ok(ProbePlan {
         go_version: info.go_version.clone(),
         version: info.version,
         scheme,
+        scheme_reason,
         probes,
     })
+}
+
+/// The workers `mallocgc` must call directly in this binary for the worker
+/// scheme to count every allocation (from the sources of each release: with
+/// size-specialized malloc on, the tiny path and, in 1.26, the no-header
+/// scan path go to specialized allocators instead).
+fn expected_workers(version: GoVersion, specialized: bool) -> &'static [&'static str] {
+    const SPECIALIZED_1_26: [&str; 3] = [
+        "runtime.mallocgcSmallNoscan",
+        "runtime.mallocgcSmallScanHeader",
+        "runtime.mallocgcLarge",
+    ];
+    const SPECIALIZED_1_27: [&str; 4] = [
+        "runtime.mallocgcSmallNoscan",
+        "runtime.mallocgcSmallScanNoHeader",
+        "runtime.mallocgcSmallScanHeader",
+        "runtime.mallocgcLarge",
+    ];
+    match (specialized, version < GoVersion::new(1, 27, 0)) {
+        (false, _) => &WORKERS,
+        (true, true) => &SPECIALIZED_1_26,
+        (true, false) => &SPECIALIZED_1_27,
+    }
+}
+
+/// Chooses how allocations are counted, and says why. The worker scheme is
+/// used only when this binary's `mallocgc` is seen to call every expected
+/// worker directly and no other `runtime.mallocgc*` function (a worker
+/// inlined into `mallocgc`, or a new one, would go uncounted): otherwise
+/// the `mallocgc` schemes, which count at the entrance. Never a guess.
+fn choose_scheme(
+    bin: &GoBinary,
+    mallocgc: &crate::binary::Function,
+    specialized: bool,
+) -> Result<(AllocScheme, String), PlanError> {
+    let version = bin.build_info().version;
+    let fallback = if specialized {
+        AllocScheme::MallocgcAndSpecialized
+    } else {
+        AllocScheme::Mallocgc
+    };
+    if version < GoVersion::new(1, 24, 0) {
+        return Ok((
+            fallback,
+            "before Go 1.24 mallocgc allocates itself: probed at its entrance".into(),
+        ));
+    }
+    let calls: std::collections::HashSet<&str> =
+        prologue::direct_calls(bin.arch(), bin.code(mallocgc)?, mallocgc.entry)
+            .into_iter()
+            .filter_map(|target| bin.function_at(target).filter(|f| f.entry == target))
+            .map(|f| f.name.as_str())
+            .collect();
+    for name in expected_workers(version, specialized) {
+        if !calls.contains(name) {
+            return Ok((
+                fallback,
+                format!(
+                    "Go {version}: mallocgc does not call {name} (inlined or renamed): \
+                     probing mallocgc instead"
+                ),
+            ));
+        }
+    }
+    if let Some(other) = calls.iter().find(|name| {
+        name.starts_with("runtime.mallocgc")
+            && !WORKERS.contains(name)
+            && !is_specialized_allocator(name)
+    }) {
+        return Ok((
+            fallback,
+            format!("Go {version}: mallocgc calls {other}, not a known worker: probing mallocgc"),
+        ));
+    }
+    Ok((
+        AllocScheme::Workers,
+        format!(
+            "Go {version}: mallocgc dispatches to {} workers; probing them (one trap per allocation)",
+            expected_workers(version, specialized).len()
+        ),
+    ))
 }
 
 fn probe(
     bin: &GoBinary,
     kind: ProbeKind,
     f: &crate::binary::Function,
-    site: Option<ProbeSite>,
+    site: ProbeSite,
     opts: PlanOptions,
 ) -> Result<PlannedProbe, PlanError> {
     let code = bin.code(f)?;
@@ -239,27 +374,65 @@ fn probe(
             function: f.name.clone(),
             source,
         })?;
-    let (offset, placement) = if opts.at_entry {
+    let (mut offset, placement) = if opts.at_entry {
         (0, Placement::Entry)
     } else {
         (point.offset, point.placement)
     };
+    let mut instruction = if opts.at_entry {
+        String::new()
+    } else {
+        point.instruction
+    };
+    let mut ret_off = 0;
+    let mut emulated = prologue::kernel_emulates(bin.arch(), &code[offset as usize..]);
+    let site_reason = match placement {
+        Placement::Entry if opts.at_entry => "function entry (--placement entry)".to_string(),
+        Placement::Entry => "function entry (no stack check)".to_string(),
+        Placement::AfterStackCheck if emulated => {
+            "after the stack check (emulated): arguments in their registers, return address at [sp]"
+                .to_string()
+        }
+        // Only the register ABI: with the stack ABI the arguments are read
+        // relative to the stack pointer, which the walk would move.
+        Placement::AfterStackCheck if site.abi != ABI_REGISTER => {
+            "after the stack check, single-stepped (stack ABI: not moved)".to_string()
+        }
+        Placement::AfterStackCheck => match site::find_emulated(bin.arch(), code, offset) {
+            Ok(found) => {
+                let reason = format!(
+                    "moved past `{}` to the emulated `{}`: arguments still in their \
+                     registers (size RAX, typ RBX), return address at [sp+{:#x}]",
+                    found.skipped.join("; "),
+                    found.instruction,
+                    found.stack_moved
+                );
+                offset = found.offset;
+                instruction = found.instruction;
+                ret_off = found.stack_moved;
+                emulated = true;
+                reason
+            }
+            Err(why) => format!("after the stack check, single-stepped: {why}"),
+        },
+    };
     let vaddr = f.entry + offset;
-    let site = site.map(|s| ProbeSite {
+    let site = ProbeSite {
         probe_vaddr: vaddr,
-        ..s
-    });
+        flags: if emulated { 0 } else { SITE_FLAG_STEPPED },
+        size_loc: LOC_REG_ARG0,
+        ret_off,
+        ..site
+    };
     Ok(PlannedProbe {
         kind,
         function: f.name.clone(),
         vaddr,
         file_offset: bin.file_offset(vaddr)?,
         placement,
-        instruction: if opts.at_entry {
-            String::new()
-        } else {
-            point.instruction
-        },
+        instruction,
+        emulated,
+        site_reason,
         site,
     })
 }

@@ -113,6 +113,76 @@ pub fn find_probe_point(arch: Arch, code: &[u8]) -> Result<ProbePoint, PrologueE
     }
 }
 
+/// Whether the kernel emulates the instruction at the start of `insn` when a
+/// uprobe sits on it (one trap), rather than single-stepping it out of line
+/// (a second trap, ~15x slower). amd64 (arch/x86/kernel/uprobes.c): `push
+/// reg`, the one-byte `nop`, and `jmp`/`jcc`/`call` with a relative target.
+/// arm64 (arch/arm64/kernel/probes/simulate-insn.c): the direct branches
+/// `b`, `bl`, `b.cond`, `cbz/cbnz`, `tbz/tbnz`; `adr`/`adrp` and literal
+/// loads too, which Go prologues do not start with.
+pub fn kernel_emulates(arch: Arch, insn: &[u8]) -> bool {
+    match arch {
+        Arch::X86_64 => match insn {
+            // push r64, with REX.B for r8-r15.
+            [0x50..=0x57, ..] | [0x41, 0x50..=0x57, ..] => true,
+            [0x90, ..] => true,
+            // jmp rel8/rel32, call rel32, jcc rel8/rel32.
+            [0xeb | 0xe9 | 0xe8, ..] | [0x70..=0x7f, ..] | [0x0f, 0x80..=0x8f, ..] => true,
+            _ => false,
+        },
+        Arch::Aarch64 => {
+            let Some(w) = insn.get(..4) else { return false };
+            let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+            w & 0x7c00_0000 == 0x1400_0000 // b, bl
+                || w & 0xff00_0010 == 0x5400_0000 // b.cond
+                || w & 0x7e00_0000 == 0x3400_0000 // cbz, cbnz
+                || w & 0x7e00_0000 == 0x3600_0000 // tbz, tbnz
+        }
+    }
+}
+
+/// An amd64 instruction as `goalloc inspect` and the logs show it.
+pub(crate) fn format_amd64(insn: &iced_x86::Instruction) -> String {
+    amd64::format_insn(insn)
+}
+
+/// Targets (link-time addresses) of the direct calls in a function whose
+/// code `code` starts at `entry`: `call rel32` on amd64, `bl` on arm64.
+/// Undecodable bytes end the scan (Go pads functions with `int3`, which
+/// decodes).
+pub fn direct_calls(arch: Arch, code: &[u8], entry: u64) -> Vec<u64> {
+    match arch {
+        Arch::X86_64 => {
+            use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind};
+            let mut decoder = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+            let mut insn = Instruction::default();
+            let mut out = Vec::new();
+            while decoder.can_decode() {
+                decoder.decode_out(&mut insn);
+                if insn.is_invalid() {
+                    break;
+                }
+                if insn.mnemonic() == Mnemonic::Call && insn.op0_kind() == OpKind::NearBranch64 {
+                    out.push(insn.near_branch_target());
+                }
+            }
+            out
+        }
+        Arch::Aarch64 => code
+            .chunks_exact(4)
+            .enumerate()
+            .filter_map(|(i, w)| {
+                let w = u32::from_le_bytes([w[0], w[1], w[2], w[3]]);
+                (w & 0xfc00_0000 == 0x9400_0000).then(|| {
+                    // imm26, in words, sign-extended.
+                    let imm = (((w & 0x03ff_ffff) << 6) as i32 >> 6) as i64 * 4;
+                    (entry + 4 * i as u64).wrapping_add_signed(imm)
+                })
+            })
+            .collect(),
+    }
+}
+
 /// How many instructions at the start of a function are searched for signs of a
 /// stack check that is not in a known shape.
 const SCAN_INSNS: usize = 12;

@@ -1,0 +1,252 @@
+//! Moving a probe from a single-stepped instruction to an emulated one
+//! further in the same straight-line block (amd64, Go's register ABI).
+//!
+//! The kernel emulates a few instructions at a uprobe (`push reg`, the
+//! one-byte `nop`, direct `jmp`/`jcc`/`call`): one trap per hit. Everything
+//! else is single-stepped out of line: a second trap, ~15x the cost. From Go
+//! 1.21 the instruction after the stack check is `push rbp` (emulated); in Go
+//! 1.17-1.20 it is `sub rsp, N` (stepped), and Go 1.19's `mallocgc` goes on
+//! `sub rsp, N; mov [rsp+N-8], rbp; lea rbp, [rsp+N-8]; cmp dword [gcphase], 2;
+//! nop; je ...`: the `nop` is emulated, runs once per call, and the
+//! arguments are still where they were at the entry.
+//!
+//! [`find_emulated`] walks from the probe point after the stack check, one
+//! decoded instruction at a time, and accepts only instructions it
+//! understands completely, none of which writes an argument register (RAX
+//! size, RBX typ, RCX needzero), `g` (R14) or the return-address slot:
+//! - `sub rsp, imm`: the stack pointer moves down (tracked: the return
+//!   address is then at `[rsp + moved]`);
+//! - `mov [rsp+d], reg`: a store below the return address (the frame) or
+//!   above it (the argument spill slots);
+//! - `lea rbp, [rsp+d]`: the frame pointer;
+//! - `cmp` of memory or a register with an immediate: flags only.
+//!
+//! It stops at the first emulated instruction and checks that no direct
+//! branch of the function lands between the start and that instruction, so
+//! it runs exactly once per call. Anything else is a refusal with its reason,
+//! and the caller keeps the original site. Never a guess.
+
+use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
+
+use crate::{
+    binary::Arch,
+    prologue::{format_amd64, kernel_emulates},
+};
+
+/// Longest run of instructions walked past.
+const MAX_WALK: usize = 8;
+
+/// An emulated site further in the block, and where things are there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EmulatedSite {
+    /// Offset from the function's first byte; a decoded instruction boundary.
+    pub offset: u64,
+    /// The emulated instruction at `offset`.
+    pub instruction: String,
+    /// Bytes the stack pointer moved down between the original site and
+    /// this one: the return address is at `[rsp + stack_moved]`.
+    pub stack_moved: u32,
+    /// The instructions walked past, for `goalloc inspect`.
+    pub skipped: Vec<String>,
+}
+
+/// Why the probe stays at the original site.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct Refusal(pub String);
+
+fn refuse(reason: impl Into<String>) -> Refusal {
+    Refusal(reason.into())
+}
+
+fn text(insn: &Instruction) -> String {
+    format_amd64(insn)
+}
+
+/// Finds the first emulated instruction at or after `start` in the function
+/// `code` (the whole function, from its entry). `start` is the original
+/// probe point, just after the stack check (runs once per call).
+pub fn find_emulated(arch: Arch, code: &[u8], start: u64) -> Result<EmulatedSite, Refusal> {
+    if arch != Arch::X86_64 {
+        return Err(refuse("only amd64 sites are moved"));
+    }
+    let tail = code
+        .get(start as usize..)
+        .ok_or_else(|| refuse("the site is past the end of the function"))?;
+    let mut decoder = Decoder::with_ip(64, tail, start, DecoderOptions::NONE);
+    let mut moved: u64 = 0;
+    let mut skipped = Vec::new();
+    let mut insn = Instruction::default();
+    for _ in 0..MAX_WALK {
+        if !decoder.can_decode() {
+            return Err(refuse("the function ends before an emulated instruction"));
+        }
+        decoder.decode_out(&mut insn);
+        if insn.is_invalid() {
+            return Err(refuse(format!("undecodable bytes at +{:#x}", insn.ip())));
+        }
+        let at = insn.ip() as usize;
+        let bytes = &code[at..at + insn.len()];
+        if kernel_emulates(arch, bytes) {
+            check_no_branch_into(code, start, insn.ip())?;
+            return Ok(EmulatedSite {
+                offset: insn.ip(),
+                instruction: text(&insn),
+                stack_moved: u32::try_from(moved)
+                    .map_err(|_| refuse("the stack moved by more than 4 GiB"))?,
+                skipped,
+            });
+        }
+        moved = walk_past(&insn, moved)?;
+        skipped.push(text(&insn));
+    }
+    Err(refuse(format!(
+        "no emulated instruction in the {MAX_WALK} instructions after the stack check"
+    )))
+}
+
+/// Accepts one instruction the walk may pass, returning how far the stack
+/// pointer has moved down after it; refuses anything not fully understood.
+fn walk_past(insn: &Instruction, moved: u64) -> Result<u64, Refusal> {
+    let what = || format!("`{}` at +{:#x}", text(insn), insn.ip());
+    let rsp_relative = |i: &Instruction| {
+        i.memory_base() == Register::RSP
+            && i.memory_index() == Register::None
+            && i.segment_prefix() == Register::None
+    };
+    match insn.code() {
+        Code::Sub_rm64_imm8 | Code::Sub_rm64_imm32
+            if insn.op0_kind() == OpKind::Register && insn.op0_register() == Register::RSP =>
+        {
+            let imm = insn.immediate(1) as i64;
+            if imm <= 0 || imm > 1 << 20 {
+                return Err(refuse(format!("{}: not a frame allocation", what())));
+            }
+            Ok(moved + imm as u64)
+        }
+        Code::Mov_rm64_r64 if insn.op0_kind() == OpKind::Memory && rsp_relative(insn) => {
+            // The return address is at [rsp + moved]: a store must end below
+            // it (the frame) or start above it (the spill slots the caller
+            // reserved for the register arguments, Go's ABIInternal; the
+            // registers themselves still hold the arguments).
+            let disp = insn.memory_displacement64() as i64;
+            let moved = moved as i64;
+            if disp < 0 || (disp + 8 > moved && disp < moved + 8) {
+                return Err(refuse(format!(
+                    "{}: a store that may reach the return address",
+                    what()
+                )));
+            }
+            Ok(moved as u64)
+        }
+        Code::Lea_r64_m if insn.op0_register() == Register::RBP && rsp_relative(insn) => Ok(moved),
+        Code::Cmp_rm32_imm8
+        | Code::Cmp_rm32_imm32
+        | Code::Cmp_rm64_imm8
+        | Code::Cmp_rm64_imm32
+        | Code::Cmp_rm8_imm8 => {
+            // Flags only: a memory operand is read, never written. A
+            // register operand is harmless too, but not a prologue shape
+            // seen: keep the accepted shapes few.
+            if insn.op0_kind() != OpKind::Memory {
+                return Err(refuse(format!("{}: not a known prologue shape", what())));
+            }
+            Ok(moved)
+        }
+        _ => Err(refuse(format!(
+            "{}: not an instruction the walk understands",
+            what()
+        ))),
+    }
+}
+
+/// Refuses when a direct branch anywhere in the function lands after
+/// `start` and at or before `site`: the site would then run more than once
+/// per call (or without the instructions walked past).
+fn check_no_branch_into(code: &[u8], start: u64, site: u64) -> Result<(), Refusal> {
+    let mut decoder = Decoder::with_ip(64, code, 0, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    while decoder.can_decode() {
+        decoder.decode_out(&mut insn);
+        if insn.is_invalid() {
+            continue;
+        }
+        if matches!(insn.op0_kind(), OpKind::NearBranch64) {
+            let target = insn.near_branch64();
+            if target > start && target <= site {
+                return Err(refuse(format!(
+                    "`{}` at +{:#x} branches into the block at +{target:#x}",
+                    text(&insn),
+                    insn.ip()
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Go 1.19's `mallocgc` prologue, as Debian's toolchain emits it.
+    fn go119_mallocgc() -> Vec<u8> {
+        let mut code = vec![
+            0x49, 0x3b, 0x66, 0x10, // cmp rsp, [r14+0x10]
+            0x0f, 0x86, 0x00, 0x00, 0x00, 0x00, // jbe (patched)
+            0x48, 0x83, 0xec, 0x78, // sub rsp, 0x78
+            0x48, 0x89, 0x6c, 0x24, 0x70, // mov [rsp+0x70], rbp
+            0x48, 0x8d, 0x6c, 0x24, 0x70, // lea rbp, [rsp+0x70]
+            0x83, 0x3d, 0x00, 0x10, 0x00, 0x00, 0x02, // cmp dword [rip+0x1000], 2
+            0x90, // nop
+            0x74, 0x02, // je +2
+            0xc3, 0xc3, // ret; ret
+        ];
+        let len = code.len() as i32;
+        code[6..10].copy_from_slice(&(len - 10).to_le_bytes());
+        code
+    }
+
+    #[test]
+    fn go119_mallocgc_moves_to_the_nop() {
+        let code = go119_mallocgc();
+        let site = find_emulated(Arch::X86_64, &code, 10).unwrap();
+        assert_eq!(site.offset, 31);
+        assert_eq!(site.instruction, "nop");
+        assert_eq!(site.stack_moved, 0x78);
+        assert_eq!(site.skipped.len(), 4, "{:?}", site.skipped);
+    }
+
+    #[test]
+    fn an_emulated_start_stays() {
+        let code = [0x55, 0x48, 0x89, 0xe5, 0xc3];
+        let site = find_emulated(Arch::X86_64, &code, 0).unwrap();
+        assert_eq!((site.offset, site.stack_moved), (0, 0));
+    }
+
+    #[test]
+    fn refusals() {
+        // An argument register written on the way.
+        let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x89, 0xd8, 0x90];
+        let e = find_emulated(Arch::X86_64, &code, 0).unwrap_err();
+        assert!(e.0.contains("mov rax, rbx"), "{e}");
+        // A store over the return address.
+        let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x89, 0x6c, 0x24, 0x18, 0x90];
+        let e = find_emulated(Arch::X86_64, &code, 0).unwrap_err();
+        assert!(e.0.contains("return address"), "{e}");
+        let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x89, 0x6c, 0x24, 0x14, 0x90];
+        assert!(find_emulated(Arch::X86_64, &code, 0).is_err());
+        // A spill of an argument above it is fine.
+        let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x89, 0x44, 0x24, 0x20, 0x90];
+        assert_eq!(find_emulated(Arch::X86_64, &code, 0).unwrap().offset, 9);
+        // A branch into the block.
+        let mut code = go119_mallocgc();
+        code.extend([0xeb, (31i8 - (code.len() as i8 + 2)) as u8]); // jmp to the nop
+        let e = find_emulated(Arch::X86_64, &code, 10).unwrap_err();
+        assert!(e.0.contains("branches into"), "{e}");
+        // No emulated instruction soon enough.
+        let code = [0x48, 0x83, 0xec, 0x18].repeat(9);
+        assert!(find_emulated(Arch::X86_64, &code, 0).is_err());
+        assert!(find_emulated(Arch::Aarch64, &code, 0).is_err());
+    }
+}
