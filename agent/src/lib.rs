@@ -9,6 +9,7 @@ pub mod exporter;
 pub mod guard;
 pub mod identity;
 pub mod procfs;
+pub mod profile;
 pub mod registry;
 pub mod report;
 pub mod runtime;

@@ -47,6 +47,7 @@ fn parse_pcdump(out: &str) -> (u64, Vec<Stack>) {
                     .frames
                     .push((func, file, line));
             }
+            "type" => {} // for the pprof test
             _ => panic!("unexpected line {line:?}"),
         }
     }

@@ -10,6 +10,9 @@
 //	stack <name>
 //	pc <hex return address>
 //	frame <function>|<file>|<line>
+//	type <hex type descriptor address> <%T>
+//
+// (The type line gives goalloc's pprof test a real type address.)
 package main
 
 import (
@@ -17,6 +20,7 @@ import (
 	"os"
 	"reflect"
 	"runtime"
+	"unsafe"
 )
 
 var out = os.Stdout
@@ -83,4 +87,6 @@ func main() {
 		defer func() { nested = inner() }()
 	}()
 	dump("deferred", nested)
+	var v any = c
+	fmt.Fprintf(out, "type %#x %T\n", (*[2]uintptr)(unsafe.Pointer(&v))[0], v)
 }
