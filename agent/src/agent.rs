@@ -12,7 +12,13 @@ use std::{
 
 use agent_common::EVENT_EXEC;
 use anyhow::{Context, Result};
-use axum::{Router, extract::State, http::StatusCode, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    extract::State,
+    http::{HeaderMap, StatusCode, header},
+    response::IntoResponse,
+    routing::get,
+};
 use tokio::signal::unix::{SignalKind, signal};
 
 use gobinary::plan::PlanOptions;
@@ -21,7 +27,7 @@ use crate::{
     classify::Classifier,
     ebpf::Engine,
     events::ProcessEvents,
-    exporter::{Aggregate, CONTENT_TYPE, Metrics},
+    exporter::{Aggregate, Format, Metrics},
     identity, procfs,
     registry::{Registry, Scope},
     select::ExactSelection,
@@ -46,12 +52,38 @@ struct Http {
     ready: Arc<AtomicBool>,
 }
 
-async fn metrics(State(http): State<Http>) -> impl IntoResponse {
+/// `/metrics`: OpenMetrics when the scraper's `Accept` asks for it, the
+/// classic text format otherwise (see [`Format::negotiate`]).
+async fn metrics(State(http): State<Http>, headers: HeaderMap) -> impl IntoResponse {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",");
+    let format = Format::negotiate((!accept.is_empty()).then_some(accept.as_str()));
     // Encoding reads the kernel maps; keep it off the async workers.
     let m = http.metrics.clone();
-    match tokio::task::spawn_blocking(move || m.render()).await {
-        Ok(Ok(body)) => (StatusCode::OK, [("content-type", CONTENT_TYPE)], body).into_response(),
-        _ => (
+    match tokio::task::spawn_blocking(move || m.render_as(format)).await {
+        Ok(Ok(body)) => (
+            StatusCode::OK,
+            [
+                (header::CONTENT_TYPE, format.content_type()),
+                // The answer depends on Accept: caches must not mix them up.
+                (header::VARY, "Accept"),
+            ],
+            body,
+        )
+            .into_response(),
+        Ok(Err(e)) => {
+            log::error!("/metrics: {e}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("encoding metrics failed: {e}\n"),
+            )
+                .into_response()
+        }
+        Err(_) => (
             StatusCode::INTERNAL_SERVER_ERROR,
             "encoding metrics failed\n",
         )

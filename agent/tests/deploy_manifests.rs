@@ -6,11 +6,15 @@
 //!   and exits 0 for a kind it has no schema for, so here any line that is not
 //!   a "passed" line fails the test.
 //! * Kinds that are not built into Kubernetes (the Prometheus Operator's
-//!   PodMonitor, kustomize's Kustomization) are validated against the strict
+//!   PodMonitor and PrometheusRule, kustomize's Kustomization) are validated
+//!   against the strict
 //!   JSON schemas in `deploy/schemas/` with the `jsonschema` package that
 //!   kubernetes-validate brings along.
 //! * The DaemonSet, the RBAC rules and the wiring between the objects are
 //!   checked against the documented security policy; each broken rule is named.
+//! * The PrometheusRule carries exactly the groups of the plain rules file
+//!   `deploy/prometheus/goalloc-rules.yaml` (promtool tests those: see the
+//!   `observability` test).
 //!
 //! Needs no BPF. The tools live in `$GOALLOC_CACHE/venv-tools` (default
 //! `<repo>/.cache/venv-tools`), installed by `cargo xtask setup`; when they are
@@ -48,6 +52,11 @@ const LOCAL_SCHEMAS: &[(&str, &str, &str)] = &[
         "monitoring.coreos.com/v1",
         "PodMonitor",
         "podmonitor-monitoring-v1.json",
+    ),
+    (
+        "monitoring.coreos.com/v1",
+        "PrometheusRule",
+        "prometheusrule-monitoring-v1.json",
     ),
     (
         "kustomize.config.k8s.io/v1beta1",
@@ -365,6 +374,57 @@ fn validation_rejects_unknown_fields() {
     bad_interval["spec"]["podMetricsEndpoints"][0]["interval"] = json!("30 seconds");
     validate_with_schema(&tools, &schema, &bad_interval)
         .expect_err("the PodMonitor schema accepted a malformed interval");
+
+    let rule = the("PrometheusRule");
+    let schema = local_schema(rule).unwrap();
+    let mut misspelt = rule.clone();
+    misspelt["spec"]["groups"][0]["rules"][1]["fro"] = json!("1h");
+    let errors = validate_with_schema(&tools, &schema, &misspelt)
+        .expect_err("the PrometheusRule schema accepted an unknown field");
+    assert!(errors.contains("fro"), "unexpected errors: {errors}");
+    let mut bad_for = rule.clone();
+    bad_for["spec"]["groups"][0]["rules"][1]["for"] = json!("1 hour");
+    validate_with_schema(&tools, &schema, &bad_for)
+        .expect_err("the PrometheusRule schema accepted a malformed `for`");
+    let mut both = rule.clone();
+    both["spec"]["groups"][0]["rules"][1]["record"] = json!("goalloc:x");
+    validate_with_schema(&tools, &schema, &both)
+        .expect_err("the PrometheusRule schema accepted a rule that records and alerts");
+}
+
+/// The Operator's rules and the plain rules file must not drift apart.
+#[test]
+fn prometheusrule_matches_the_plain_rules_file() {
+    let tools = tools();
+    let plain = "deploy/prometheus/goalloc-rules.yaml";
+    let out = run(
+        Command::new(&tools.python).args(["-c", HELPER, "load", plain]),
+        None,
+    );
+    assert!(out.status.success(), "parsing {plain}:\n{}", text(&out));
+    let loaded: BTreeMap<String, Vec<Value>> = serde_json::from_slice(&out.stdout).unwrap();
+    let groups = &loaded[plain][0]["groups"];
+    let rule = the("PrometheusRule");
+    assert!(
+        groups.as_array().is_some_and(|g| !g.is_empty()),
+        "{plain} has no groups"
+    );
+    assert_eq!(
+        &rule["spec"]["groups"], groups,
+        "deploy/kubernetes/prometheusrule.yaml's spec.groups differ from {plain}'s groups: \
+         edit {plain}, then copy its `groups:` block under `spec:` (indented by two spaces)"
+    );
+    let names: BTreeSet<&str> = groups
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|g| g["name"].as_str())
+        .collect();
+    assert_eq!(
+        names.len(),
+        groups.as_array().unwrap().len(),
+        "group names must be unique"
+    );
 }
 
 #[test]
@@ -766,6 +826,20 @@ fn objects_are_wired_together() {
                 "the PodMonitor must scrape port `metrics`, path /metrics, every 30s: {endpoints:?}"
             )
         },
+    );
+    // The agent's pod/namespace/container labels name what they measure; the
+    // operator's target labels of the same names would rename them to
+    // exported_* and break the dashboard and the alert rules.
+    r.check(
+        "podmonitor-honor-labels",
+        endpoints.iter().all(|e| e["honorLabels"] == true),
+        || format!("the PodMonitor's endpoints must set honorLabels: true: {endpoints:?}"),
+    );
+    let rule = the("PrometheusRule");
+    r.check(
+        "prometheusrule-labels",
+        at(rule, "metadata.labels") == at(pm, "metadata.labels"),
+        || "the PrometheusRule must carry the PodMonitor's labels (one selector for both)".into(),
     );
     r.finish("wiring");
 }

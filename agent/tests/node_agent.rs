@@ -437,7 +437,9 @@ fn promtool(input: &str) -> (Option<i32>, String) {
 }
 
 /// A real Prometheus scrapes the agent: rates are positive, its samples trail
-/// the agent's counter by a scrape or so, and promtool accepts the exposition.
+/// the agent's counter by a scrape or so, it negotiates OpenMetrics, keeps
+/// the measured processes' labels under honor_labels, evaluates the alert
+/// rules without error, and promtool accepts the default exposition.
 #[test]
 fn prometheus_scrapes_agent() {
     if !require_bpf() {
@@ -447,7 +449,8 @@ fn prometheus_scrapes_agent() {
         let hint = "run `cargo xtask setup` (Debian package prometheus)";
         assert!(Path::new(tool).exists(), "{tool} is missing: {hint}");
     }
-    let mut agent = Agent::start();
+    // The demo allocates flat out: no cost guard, so its probes stay on.
+    let mut agent = Agent::start_with(&["--exact-for", "all", "--exact-budget", "1"]);
     agent.wait_ready();
     let mut demo = Command::new(variant("go1.27.3").program("demo"))
         .args(["-duration", "60s"])
@@ -468,11 +471,18 @@ fn prometheus_scrapes_agent() {
     let tmp = tempfile::tempdir().unwrap();
     let config = tmp.path().join("prometheus.yml");
     let targets = format!("['{}']", agent.addr);
+    // Like the PodMonitor: honor_labels, and target labels of the agent's own
+    // pod, which must not replace the labels of what the series measure.
+    let rules =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/goalloc-rules.yaml");
     std::fs::write(
         &config,
         format!(
             "global: {{scrape_interval: 1s, scrape_timeout: 1s, evaluation_interval: 1s}}\n\
-             scrape_configs: [{{job_name: goalloc, static_configs: [{{targets: {targets}}}]}}]\n"
+             rule_files: ['{}']\n\
+             scrape_configs: [{{job_name: goalloc, honor_labels: true, static_configs: [{{targets: {targets}, \
+             labels: {{pod: agent-pod, namespace: goalloc, container: agent}}}}]}}]\n",
+            rules.display()
         ),
     )
     .unwrap();
@@ -554,43 +564,76 @@ fn prometheus_scrapes_agent() {
             break;
         }
     }
-    drop((prom, demo));
-
-    // promtool lints the classic text format, where the OpenMetrics samples
-    // `x_total` of counter family `x` read as a family without HELP: accept
-    // exactly those, then lint the classic translation strictly.
-    let text = agent.metrics_text();
-    let (code, said) = promtool(&text);
-    println!("promtool check metrics (OpenMetrics as served): exit {code:?}\n{said}");
-    let counters: BTreeSet<&str> = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
-        .collect();
-    for problem in said.lines().filter(|l| !l.trim().is_empty()) {
-        let family = problem.strip_suffix("_total no help text");
+    // Prometheus asked for OpenMetrics (it keeps the unit only from there),
+    // and honor_labels kept the measured process's labels.
+    let Some((200, body)) = http_get(
+        &prom_addr,
+        "/api/v1/metadata?metric=goalloc_heap_live_bytes",
+    ) else {
+        panic!("no metadata from Prometheus");
+    };
+    let meta: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        meta["data"]["goalloc_heap_live_bytes"][0]["unit"], "bytes",
+        "Prometheus did not get OpenMetrics: {meta}"
+    );
+    let demo_series = prom_query(&prom_addr, &selector);
+    assert!(
+        demo_series
+            .iter()
+            .all(|r| r["metric"].get("pod").is_none() && r["metric"].get("container").is_none()),
+        "a host process got the agent pod's labels: {demo_series:?}"
+    );
+    let own = prom_query(&prom_addr, "goalloc_processes_tracked");
+    assert_eq!(
+        own.first().map(|r| &r["metric"]["pod"]),
+        Some(&"agent-pod".into())
+    );
+    // The alert rules load and evaluate against real series without error.
+    let rules_ok = || {
+        let Some((200, body)) = http_get(&prom_addr, "/api/v1/rules") else {
+            return None;
+        };
+        let v: serde_json::Value = serde_json::from_str(&body).ok()?;
+        let rules: Vec<serde_json::Value> = v["data"]["groups"]
+            .as_array()?
+            .iter()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        Some(rules)
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let rules = loop {
+        let rules = rules_ok().unwrap_or_default();
+        if !rules.is_empty() && rules.iter().all(|r| r["health"] != "unknown") {
+            break rules;
+        }
         assert!(
-            family.is_some_and(|f| counters.contains(f)),
-            "promtool: {problem}"
+            Instant::now() < deadline,
+            "rules never evaluated: {rules:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    for r in &rules {
+        assert_eq!(
+            r["health"], "ok",
+            "rule {} failed: {}",
+            r["name"], r["lastError"]
         );
     }
-    let classic: String = text
-        .lines()
-        .filter(|l| !l.starts_with("# UNIT ") && *l != "# EOF")
-        .map(|l| {
-            let w: Vec<&str> = l.splitn(4, ' ').collect();
-            match w[..] {
-                ["#", kind, name, rest] if counters.contains(name) => {
-                    format!("# {kind} {name}_total {rest}\n")
-                }
-                _ => format!("{l}\n"),
-            }
-        })
-        .collect();
-    let (code, said) = promtool(&classic);
-    assert_eq!(
-        code,
-        Some(0),
-        "promtool on the classic text translation:\n{said}"
+    println!(
+        "Prometheus evaluated {} goalloc rules without error",
+        rules.len()
+    );
+    drop((prom, demo));
+
+    // What promtool and curl get by default: the classic text format, which
+    // promtool accepts without a word (observability.rs checks both formats).
+    let text = agent.metrics_text();
+    let (code, said) = promtool(&text);
+    assert!(
+        code == Some(0) && said.trim().is_empty(),
+        "promtool check metrics on the default answer:\n{said}"
     );
 }
 

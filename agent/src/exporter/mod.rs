@@ -10,8 +10,13 @@
 //! (`goalloc_allocations_total`, `goalloc_allocated_bytes_total`,
 //! `goalloc_allocation_size_bytes`, `goalloc_goroutines_created_total`,
 //! `goalloc_goroutines_exited_total`), for the processes chosen for probes.
+//!
+//! The collector writes OpenMetrics; [`format`] negotiates the answer's
+//! format per scrape and converts to the classic text format when the
+//! scraper did not ask for OpenMetrics.
 
 pub mod fold;
+pub mod format;
 
 use std::{
     fmt,
@@ -28,6 +33,7 @@ use prometheus_client::{
 };
 
 pub use fold::{Aggregate, Folder, LABELS, Labels, Row};
+pub use format::{ConvertError, Format};
 
 use crate::registry::Registry;
 
@@ -53,9 +59,28 @@ impl Metrics {
         encode(&mut out, &self.registry)?;
         Ok(out)
     }
+
+    /// The exposition in `format` (see [`Format::negotiate`]).
+    pub fn render_as(&self, format: Format) -> Result<String, RenderError> {
+        let openmetrics = self.render().map_err(|_| RenderError::Encode)?;
+        match format {
+            Format::OpenMetrics => Ok(openmetrics),
+            Format::Classic => Ok(format::openmetrics_to_classic(&openmetrics)?),
+        }
+    }
 }
 
-pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+/// Why `/metrics` could not be rendered.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("encoding the OpenMetrics exposition failed")]
+    Encode,
+    #[error("converting to the classic text format: {0}")]
+    Convert(#[from] ConvertError),
+}
+
+/// Content type of the OpenMetrics exposition ([`Format::content_type`]).
+pub const CONTENT_TYPE: &str = format::OPENMETRICS;
 
 struct RegistryCollector {
     registry: Arc<Mutex<Registry>>,
@@ -95,6 +120,22 @@ where
         }
     }
     Ok(())
+}
+
+/// Per-bucket counts with their `le` bounds, the form prometheus-client's
+/// `encode_histogram` takes: it accumulates them itself, so handing it
+/// [`cumulative`] buckets would sum twice.
+pub fn per_bucket(counts: &[u64; HIST_BUCKETS]) -> Vec<(f64, u64)> {
+    (0..HIST_BUCKETS)
+        .map(|i| {
+            let le = if i == HIST_BUCKETS - 1 {
+                f64::INFINITY
+            } else {
+                bucket_upper_bound(i) as f64
+            };
+            (le, counts[i])
+        })
+        .collect()
 }
 
 /// Cumulative `le` buckets from per-bucket counts (`agent_common`'s log2
@@ -243,7 +284,7 @@ impl Collector for RegistryCollector {
                     .encode_histogram::<NoLabelSet>(
                         r.total_alloc as f64,
                         r.mallocs,
-                        &cumulative(&r.alloc_sizes),
+                        &per_bucket(&r.alloc_sizes),
                         None,
                     )?;
             }
@@ -330,7 +371,7 @@ impl Collector for RegistryCollector {
                     .encode_histogram::<NoLabelSet>(
                         stats.bytes as f64,
                         stats.allocs,
-                        &cumulative_buckets(stats),
+                        &per_bucket(&stats.size_hist),
                         None,
                     )?;
             }
@@ -390,6 +431,14 @@ impl Collector for RegistryCollector {
                 ),
                 None,
                 n as f64,
+            )?;
+            // Its own family, so dashboards can show how full the map is.
+            gauge(
+                &mut enc,
+                "goalloc_kernel_map_capacity",
+                "Processes the kernel map can hold (compare goalloc_kernel_map_entries).",
+                None,
+                f64::from(agent_common::MAX_PROCESSES),
             )?;
         }
         gauge(
@@ -512,17 +561,6 @@ mod tests {
         let mut s = ProcStats::ZERO;
         s.size_hist[0] = 1; // size 1
         s.size_hist[3] = 5; // (4, 8]
-        {
-            let mut family = enc.encode_descriptor(
-                "goalloc_exact_disabled",
-                "Processes chosen for per-allocation probes that lost them or never got them, by reason (budget: over --exact-budget; attach: refused by the kernel). Their runtime counters stay.",
-                None,
-                MetricType::Counter,
-            )?;
-            for (reason, n) in &registry.stats.exact_disabled {
-                ConstCounter::new(*n).encode(family.encode_family(&[("reason", *reason)])?)?;
-            }
-        }
         s.size_hist[HIST_BUCKETS - 1] = 2;
         let b = cumulative_buckets(&s);
         assert_eq!(b.len(), HIST_BUCKETS);
@@ -531,5 +569,53 @@ mod tests {
         assert_eq!(b[3], (8.0, 6));
         assert_eq!(b[HIST_BUCKETS - 2].1, 6);
         assert_eq!(*b.last().unwrap(), (f64::INFINITY, 8));
+    }
+
+    /// prometheus-client accumulates the counts it is given: the exposition
+    /// of per-bucket counts is cumulative, once, and ends at the count.
+    #[test]
+    fn histograms_are_encoded_cumulative_once() {
+        let mut counts = [0u64; HIST_BUCKETS];
+        counts[0] = 1;
+        counts[3] = 5;
+        counts[HIST_BUCKETS - 1] = 2;
+        let buckets = per_bucket(&counts);
+        assert_eq!(buckets.len(), HIST_BUCKETS);
+        assert_eq!(buckets[3], (8.0, 5));
+        assert_eq!(*buckets.last().unwrap(), (f64::INFINITY, 2));
+
+        #[derive(Debug)]
+        struct One([u64; HIST_BUCKETS]);
+        impl Collector for One {
+            fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+                let mut family =
+                    enc.encode_descriptor("h", "H.", Some(&Unit::Bytes), MetricType::Histogram)?;
+                family
+                    .encode_family(&[("pid", "1")])?
+                    .encode_histogram::<NoLabelSet>(9.0, 8, &per_bucket(&self.0), None)
+            }
+        }
+        let mut registry = PromRegistry::default();
+        registry.register_collector(Box::new(One(counts)));
+        let mut text = String::new();
+        encode(&mut text, &registry).unwrap();
+        let bucket = |le: &str| {
+            let prefix = format!("h_bytes_bucket{{le=\"{le}\",pid=\"1\"}} ");
+            text.lines()
+                .find_map(|l| l.strip_prefix(prefix.as_str()))
+                .unwrap_or_else(|| panic!("no bucket {le} in\n{text}"))
+                .to_string()
+        };
+        assert_eq!(bucket("1.0"), "1");
+        assert_eq!(bucket("4.0"), "1");
+        assert_eq!(bucket("8.0"), "6");
+        assert_eq!(bucket("+Inf"), "8");
+        assert!(text.contains("h_bytes_count{pid=\"1\"} 8\n"), "{text}");
+        // And the classic conversion keeps them.
+        let classic = format::openmetrics_to_classic(&text).unwrap();
+        assert!(
+            classic.contains("h_bytes_bucket{le=\"+Inf\",pid=\"1\"} 8\n"),
+            "{classic}"
+        );
     }
 }
