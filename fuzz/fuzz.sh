@@ -18,7 +18,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
-targets=(go_binary build_info pclntab elf prologue)
+targets=(go_binary build_info pclntab elf prologue symbolize)
 
 if [[ -z ${CARGO_FUZZ:-} ]]; then
     if [[ -x $root/.cache/tools/bin/cargo-fuzz ]]; then
@@ -52,6 +52,7 @@ opts() {
         pclntab) max_len=262144 ;;
         build_info) max_len=16384 ;;
         prologue) max_len=8192 ;;
+        symbolize) max_len=65536 ;;
         *) echo "unknown target $1 (targets: ${targets[*]})" >&2; exit 2 ;;
     esac
     echo "-max_len=$max_len -timeout=10 -rss_limit_mb=2048 -print_final_stats=1"

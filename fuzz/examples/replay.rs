@@ -15,7 +15,7 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some((target, paths)) = args.split_first() else {
         eprintln!(
-            "usage: replay TARGET FILE_OR_DIR...   (targets: go_binary build_info pclntab elf prologue, or parse: GoBinary::parse only)"
+            "usage: replay TARGET FILE_OR_DIR...   (targets: go_binary build_info pclntab elf prologue symbolize, or parse: GoBinary::parse only)"
         );
         std::process::exit(2);
     };
@@ -25,6 +25,7 @@ fn main() {
         "pclntab" => targets::pclntab,
         "elf" => targets::elf,
         "prologue" => targets::prologue,
+        "symbolize" => targets::symbolize,
         // Just `GoBinary::parse`, to time it.
         "parse" => |d: &[u8]| drop(goalloc_fuzz::binary::GoBinary::parse(d.to_vec())),
         t => {

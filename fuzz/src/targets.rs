@@ -64,6 +64,28 @@ pub fn go_binary(data: &[u8]) {
         }
     }
     let _ = plan_for_arch(&bin, crate::plan::PlanOptions { at_entry: true });
+    // Symbols for profiles: frames of pcs in (and around) the first
+    // functions, type names around the type range, the build id.
+    if let Ok(sym) = crate::symbolize::Symbolizer::new(&bin) {
+        for f in bin.functions_by_address().take(256) {
+            for pc in [f.entry, f.entry + (f.end - f.entry) / 2, f.end - 1, f.end] {
+                if let Ok(frames) = sym.frames(pc) {
+                    assert!(!frames.is_empty());
+                    assert!(frames.len() <= crate::symbolize::MAX_INLINE_DEPTH);
+                    assert!(frames.iter().rev().skip(1).all(|f| f.inlined));
+                }
+                let _ = sym.frames_at_return(pc);
+            }
+        }
+        let _ = sym.frames(u64::MAX);
+    }
+    if let Ok(types) = crate::types::TypeNames::new(&bin) {
+        let (start, end) = types.range();
+        for addr in [start, start + 8, start + 48, end.wrapping_sub(1), end, 0] {
+            let _ = types.name(addr);
+        }
+    }
+    let _ = bin.go_build_id();
 }
 
 /// Build info target: the `.go.buildinfo` blob parser (both layouts), the
@@ -225,6 +247,52 @@ pub fn prologue(data: &[u8]) {
             }
             if arch == Arch::Aarch64 {
                 assert_eq!(p.offset % 4, 0, "{p:?}");
+            }
+        }
+    }
+}
+
+/// Symbolizer parts on raw bytes: the pc-value table decoder (runs must be
+/// contiguous and agree with the point lookup) and the inline tree record
+/// reader of both formats. The first byte picks the quantum.
+pub fn symbolize(data: &[u8]) {
+    use crate::symbolize::inline::{InlineFormat, inlined_call};
+    use crate::symbolize::pcvalue::{PcValueIter, pc_value};
+    let Some((&sel, table)) = data.split_first() else {
+        return;
+    };
+    let quantum = [1u8, 2, 4, 1][usize::from(sel & 3)];
+    let entry = if sel & 4 != 0 {
+        u64::MAX - 0x1000
+    } else {
+        0x40_1000
+    };
+    let mut prev_end = entry;
+    let mut runs = 0usize;
+    for run in PcValueIter::new(table, entry, quantum) {
+        let Ok(run) = run else { break };
+        assert_eq!(run.start, prev_end, "runs are contiguous");
+        assert!(run.end >= run.start);
+        if run.end > run.start {
+            assert_eq!(
+                pc_value(table, entry, quantum, run.start),
+                Ok(Some(run.value))
+            );
+            assert_eq!(
+                pc_value(table, entry, quantum, run.end - 1),
+                Ok(Some(run.value))
+            );
+        }
+        prev_end = run.end;
+        runs += 1;
+        // Every pair takes at least two bytes.
+        assert!(runs <= table.len() / 2 + 1);
+    }
+    for format in [InlineFormat::Go118, InlineFormat::Go120] {
+        for index in [-1, 0, 1, 2, 1000, i32::MAX, i32::MIN] {
+            if let Ok(call) = inlined_call(table, format, index) {
+                assert!(index >= 0);
+                assert_eq!(call.start_line.is_some(), format == InlineFormat::Go120);
             }
         }
     }
