@@ -35,6 +35,12 @@ const DEB_PACKAGES: &[&str] = &[
     "prometheus",
     "jwt",
     "go-mmproxy",
+    // `cargo xtask bench`'s workloads: a real stripped Go 1.19 server (run by
+    // the bench on a loopback port, not as a service), the load generator,
+    // and the seed's tracer as a peer.
+    "prometheus-node-exporter",
+    "wrk",
+    "bpftrace",
     // A terminal for the `goalloc top` tests (send-keys, capture-pane).
     "tmux",
 ];

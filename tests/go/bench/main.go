@@ -13,6 +13,8 @@
 // pointerful struct with new (Go 1.27 calls its size-specialized allocators
 // directly for that). -hold keeps the process alive after printing until stdin
 // is closed, so a watcher that discovers processes periodically sees it.
+// -wait prints "waiting" and reads one line of stdin before anything else, so a
+// probe attached after the process started can be in place before the loop.
 // Stdlib only; builds with Go 1.19 and later.
 package main
 
@@ -57,6 +59,7 @@ func main() {
 	n := flag.Int("n", 2000000, "number of allocations")
 	kind := flag.String("kind", "make", "make: make([]byte, 64); new: new(struct{ next *node; v [3]int64 })")
 	hold := flag.Bool("hold", false, "after printing, wait until stdin is closed")
+	wait := flag.Bool("wait", false, "print \"waiting\" and read one line of stdin before starting")
 	flag.Parse()
 	var loop func(int)
 	switch *kind {
@@ -71,6 +74,17 @@ func main() {
 	if *n < 1 {
 		fmt.Fprintln(os.Stderr, "bench: -n must be >= 1")
 		os.Exit(2)
+	}
+
+	if *wait {
+		fmt.Println("waiting")
+		var b [1]byte
+		for {
+			// Byte by byte up to the newline: nothing of a later EOF is consumed.
+			if _, err := os.Stdin.Read(b[:]); err != nil || b[0] == '\n' {
+				break
+			}
+		}
 	}
 
 	loop(*n/10 + 1) // warm up: heap grown, GC pacing settled
