@@ -307,6 +307,20 @@ impl Collector for RegistryCollector {
 
         // The per-allocation probes, for the processes chosen for them.
         let pr = |row: &Row| row.probes;
+        {
+            let mut family = enc.encode_descriptor(
+                // The unit adds `_seconds`: the samples are goalloc_probe_cpu_seconds_total.
+                "goalloc_probe_cpu",
+                "Estimated CPU time the per-allocation probes cost the process (probe hits times the cost of a hit at its site: emulated ~1 us, single-stepped ~15 us).",
+                Some(&Unit::Seconds),
+                MetricType::Counter,
+            )?;
+            for row in &rows {
+                let Some(stats) = &row.probes else { continue };
+                ConstCounter::new(crate::guard::cpu_seconds(stats))
+                    .encode(family.encode_family(&row.labels)?)?;
+            }
+        }
         family(
             &mut enc,
             "goalloc_allocations",
@@ -348,20 +362,6 @@ impl Collector for RegistryCollector {
                 "goalloc_allocation_size",
                 "Requested size of heap allocations, in power-of-two buckets (per-allocation probes).",
                 Some(&Unit::Bytes),
-        {
-            let mut family = enc.encode_descriptor(
-                // The unit adds `_seconds`: the samples are goalloc_probe_cpu_seconds_total.
-                "goalloc_probe_cpu",
-                "Estimated CPU time the per-allocation probes cost the process (probe hits times the cost of a hit at its site: emulated ~1 us, single-stepped ~15 us).",
-                Some(&Unit::Seconds),
-                MetricType::Counter,
-            )?;
-            for row in &rows {
-                let Some(stats) = &row.probes else { continue };
-                ConstCounter::new(crate::guard::cpu_seconds(stats))
-                    .encode(family.encode_family(&row.labels)?)?;
-            }
-        }
                 MetricType::Histogram,
             )?;
             for row in &rows {
@@ -509,6 +509,17 @@ impl Collector for RegistryCollector {
                 MetricType::Counter,
             )?;
             for (reason, n) in &registry.stats.attach_errors {
+                ConstCounter::new(*n).encode(family.encode_family(&[("reason", *reason)])?)?;
+            }
+        }
+        {
+            let mut family = enc.encode_descriptor(
+                "goalloc_exact_disabled",
+                "Processes chosen for per-allocation probes that lost them or never got them, by reason (budget: over --exact-budget; attach: refused by the kernel). Their runtime counters stay.",
+                None,
+                MetricType::Counter,
+            )?;
+            for (reason, n) in &registry.stats.exact_disabled {
                 ConstCounter::new(*n).encode(family.encode_family(&[("reason", *reason)])?)?;
             }
         }
