@@ -332,6 +332,32 @@ fn ctrl_c_and_signals_restore_the_terminal() {
     tmux.assert_usable();
 }
 
+/// Closing the terminal under `top` (the window, the tmux server) ends it:
+/// no process left spinning on a dead terminal.
+#[test]
+fn a_closed_terminal_ends_top() {
+    if !require_bpf() {
+        return;
+    }
+    let tmux = Tmux::start(120, 30);
+    tmux.start_top();
+    let top = tmux.foreground_child();
+    drop(tmux);
+    let start = std::time::Instant::now();
+    while std::path::Path::new(&format!("/proc/{top}")).exists() {
+        let state = std::fs::read_to_string(format!("/proc/{top}/stat")).unwrap_or_default();
+        if state.contains(") Z ") {
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            // SAFETY: kill has no memory preconditions.
+            unsafe { libc::kill(top as i32, libc::SIGKILL) };
+            panic!("goalloc top (pid {top}) still runs 10 s after its terminal closed");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 #[test]
 fn prints_one_table_when_stdout_is_not_a_terminal() {
     if !require_bpf() {

@@ -153,6 +153,12 @@ fn interactive(mut model: Model, rx: &mpsc::Receiver<Msg>, interval: Duration) -
                     .draw(|f| ui::draw(f, &model, &mut table, &interval))?;
                 dirty = false;
             }
+            // A hung-up terminal (window closed, tmux killed) reads as an
+            // endless EOF, on which crossterm's poll spins: leave first.
+            // (Hung up in the middle of a poll: see the collector's SIGHUP.)
+            if terminal_hung_up() {
+                return Ok(());
+            }
             if event::poll(POLL)? {
                 match event::read()? {
                     Event::Key(k) if k.kind != KeyEventKind::Release => {
@@ -190,6 +196,18 @@ fn interactive(mut model: Model, rx: &mpsc::Receiver<Msg>, interval: Duration) -
     })();
     log::set_max_level(log_level);
     result
+}
+
+/// Whether the terminal on stdin has hung up.
+fn terminal_hung_up() -> bool {
+    let mut fd = libc::pollfd {
+        fd: libc::STDIN_FILENO,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout: only asks for its state.
+    let ready = unsafe { libc::poll(&mut fd, 1, 0) };
+    ready > 0 && fd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLNVAL) != 0
 }
 
 fn key_of(k: KeyEvent) -> Option<Key> {
@@ -327,7 +345,18 @@ async fn collect_async(
             _ = ticker.tick() => {}
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
-            _ = sighup.recv() => break,
+            _ = sighup.recv() => {
+                // The terminal is gone: the view may be stuck in
+                // crossterm's poll, which spins on a closed terminal's EOF.
+                // Nothing can be drawn or restored any more; make sure the
+                // process ends.
+                let _ = tx.send(Msg::Quit);
+                std::thread::spawn(|| {
+                    std::thread::sleep(Duration::from_secs(1));
+                    std::process::exit(0);
+                });
+                break;
+            }
             _ = &mut stop => return Ok(()),
         }
         registry.sweep()?;
