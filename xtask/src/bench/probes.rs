@@ -29,7 +29,10 @@ use crate::fixtures;
 use crate::util::{Ctx, show, signal};
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long a bench process waits for goalloc to report it (ticks are 1 s).
+/// goalloc's interval: each probed run waits for two of its rows (probes on,
+/// then read after the loop), so a short one keeps the section short.
+const INTERVAL: &str = "250ms";
+/// How long a bench process waits for goalloc to report it.
 const SEEN_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -150,7 +153,7 @@ fn measure(goalloc: &Path, bin: &Path, case: &Case, repeat: usize) -> Result<Row
         "--output",
         "json",
         "--interval",
-        "1s",
+        INTERVAL,
     ]);
     if case.placement != "default" {
         cmd.args(["--placement", case.placement]);
