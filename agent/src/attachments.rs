@@ -38,20 +38,33 @@ struct Detacher {
     in_flight: HashSet<AttachmentId>,
 }
 
+/// Threads that detach at once. Unregistering a uprobe mostly waits for the
+/// kernel (an RCU grace period each), so a few threads drain a burst of
+/// exited processes several times faster than one.
+const DETACH_THREADS: usize = 4;
+
 impl Detacher {
     fn new() -> Detacher {
         let (tx, rx) = mpsc::channel::<Detached>();
+        let rx = std::sync::Arc::new(std::sync::Mutex::new(rx));
         let (done_tx, done) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("goalloc-detach".into())
-            .spawn(move || {
-                for d in rx {
-                    if done_tx.send(d.finish()).is_err() {
-                        return;
+        for i in 0..DETACH_THREADS {
+            let rx = rx.clone();
+            let done_tx = done_tx.clone();
+            std::thread::Builder::new()
+                .name(format!("goalloc-detach-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only to take the next job.
+                        let next = rx.lock().unwrap_or_else(|p| p.into_inner()).recv();
+                        let Ok(d) = next else { return };
+                        if done_tx.send(d.finish()).is_err() {
+                            return;
+                        }
                     }
-                }
-            })
-            .expect("spawning the detach thread");
+                })
+                .expect("spawning a detach thread");
+        }
         Detacher {
             tx,
             done,

@@ -344,7 +344,9 @@ impl Agent {
     /// Starts an agent with per-allocation probes on every Go process
     /// (`--exact-for all`), see [`Agent::start_with`].
     pub fn start() -> Agent {
-        Agent::start_with(&["--exact-for", "all"])
+        // The fixtures allocate as fast as they can, far over the default
+        // cost budget: these tests are about counting, not the guard.
+        Agent::start_with(&["--exact-for", "all", "--exact-budget", "1"])
     }
 
     /// Starts an agent (`--sweep-interval 1s --detach-grace 1s`, so tests see

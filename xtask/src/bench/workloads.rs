@@ -220,9 +220,13 @@ fn observe(
         Setup::Bare => Ok((work()?, String::new())),
         Setup::Agent | Setup::Exact => {
             let args: Vec<String> = if setup == Setup::Exact {
+                // Probes on everything chosen for the whole run: the cost
+                // guard would take them off the busiest processes and
+                // hide the very cost measured here.
                 opts.exact_for
                     .iter()
                     .flat_map(|s| ["--exact-for".to_string(), s.clone()])
+                    .chain(["--exact-budget".to_string(), "1".to_string()])
                     .collect()
             } else {
                 Vec::new()
