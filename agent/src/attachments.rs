@@ -14,7 +14,7 @@
 //! the grace period; re-acquired for the same file version it is kept,
 //! otherwise it is detached.
 //!
-//! Detaching runs on a thread of its own: the kernel takes about 0.1 s per
+//! Detaching runs on threads of their own: the kernel takes about 0.1 s per
 //! uprobe, which must not stall the event loop.
 
 use std::{

@@ -194,7 +194,7 @@ impl ClassCache {
     }
 }
 
-/// The classification cache, shared between the tracker and [`Classifier`].
+/// The classification cache, shared between the registry and [`Classifier`].
 #[derive(Clone, Default)]
 pub struct SharedClassCache(Arc<Mutex<ClassCache>>);
 
@@ -204,7 +204,7 @@ impl SharedClassCache {
     }
 }
 
-/// Classifies processes' executables ahead of the tracker, without holding
+/// Classifies processes' executables ahead of the registry, without holding
 /// its lock: reading and planning a large binary takes tens to hundreds of
 /// milliseconds, and scrapes and events should not wait for it.
 #[derive(Clone)]
@@ -216,7 +216,7 @@ pub struct Classifier {
 impl Classifier {
     /// Fills the cache for the executable of `pid`; returns whether it had
     /// to be read (not cached yet). Vanished or unreadable processes are left
-    /// to the tracker.
+    /// to the registry.
     pub fn warm(&self, pid: u32) -> bool {
         let Ok(exe) = procfs::open_exe(pid) else {
             return false;
