@@ -197,6 +197,26 @@ fn unchosen_sibling_runs_at_native_speed() {
     // SAFETY: signalling our own child.
     unsafe { libc::kill(pid as i32, libc::SIGSTOP) };
     let probed_for = t0.elapsed().as_secs_f64();
+    // SIGSTOP is asynchronous: read the counts once every thread has stopped
+    // (an allocation may still run meanwhile).
+    let stopped = || {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .filter_map(Result::ok)
+            .all(|t| {
+                let stat = std::fs::read_to_string(t.path().join("stat")).unwrap_or_default();
+                stat.rsplit_once(") ")
+                    .is_some_and(|(_, rest)| rest.starts_with('T') || rest.starts_with('t'))
+            })
+    };
+    let wait = std::time::Instant::now();
+    while !stopped() {
+        assert!(
+            wait.elapsed() < std::time::Duration::from_secs(10),
+            "pid {pid} did not stop"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let counted = engine.stats(pid).unwrap().unwrap_or_default();
 
     // Best of five each: the machine is shared with other tests.
