@@ -145,6 +145,13 @@ pub const SITE_GOROUTINE: u32 = 2;
 /// second trap per hit, ~15x the cost of an emulated one).
 pub const SITE_FLAG_STEPPED: u32 = 1;
 
+/// `ProbeSite::flags`: the frame pointer register already points at the
+/// probed function's own frame record ({saved frame pointer, return
+/// address}): the probe sits past the prologue's frame set-up (an emulated
+/// site further in, Go 1.17-1.20). Otherwise it is still the caller's, and
+/// a frame-pointer walk from it would skip the direct caller.
+pub const SITE_FLAG_FRAME_SET: u32 = 2;
+
 /// `ProbeSite::size_loc`: the size argument is in the first argument
 /// register (RAX on amd64, X0 on arm64) at the probe point.
 pub const LOC_REG_ARG0: u32 = 0;
@@ -181,6 +188,63 @@ pub struct ProbeSite {
     pub skip: [VaRange; MAX_SKIP_RANGES],
 }
 
+/// Return addresses kept per sampled stack (Go's own heap profiles kept 32
+/// up to Go 1.22).
+pub const MAX_STACK_DEPTH: usize = 32;
+/// Capacity of the sampled-stack table, all profiled processes together.
+pub const MAX_SAMPLE_STACKS: u32 = 16_384;
+/// Entries of the exponential-distance table (a power of two).
+pub const EXP_TABLE_SIZE: u32 = 4096;
+/// Fixed-point shift of the exponential-distance table's values.
+pub const EXP_TABLE_SHIFT: u32 = 16;
+
+/// Profiling state of one process on one CPU, as Go's `mcache.nextSample`:
+/// the bytes to allocate before the next sample. Present only while the
+/// process is being profiled.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Sampler {
+    /// Mean bytes between samples (Go's `MemProfileRate`); 1 samples every
+    /// allocation.
+    pub rate: u64,
+    /// Bytes left before the next sample; 0 = not drawn yet.
+    pub remaining: u64,
+}
+
+/// What a sample is aggregated by: the process, its allocating stack and
+/// the allocated type.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SampleKey {
+    pub tgid: u32,
+    /// Valid entries of `pcs`.
+    pub depth: u32,
+    /// Run-time address of the type descriptor; 0 when untyped.
+    pub type_addr: u64,
+    /// Return addresses, innermost first: the allocator's caller, then the
+    /// frame-pointer chain. Unused entries are 0.
+    pub pcs: [u64; MAX_STACK_DEPTH],
+}
+
+impl SampleKey {
+    pub const ZERO: SampleKey = SampleKey {
+        tgid: 0,
+        depth: 0,
+        type_addr: 0,
+        pcs: [0; MAX_STACK_DEPTH],
+    };
+}
+
+/// Sampled allocations of one key (summed over CPUs by userspace).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SampleValue {
+    /// Sampled allocations.
+    pub count: u64,
+    /// Their requested bytes.
+    pub bytes: u64,
+}
+
 /// Names of the kernel objects, shared by the loader and the eBPF crate.
 ///
 /// The eBPF side cannot use these in its `#[map]`/`#[uprobe]` attributes
@@ -195,8 +259,26 @@ pub mod names {
     pub const MAP_EVENTS: &str = "EVENTS";
     /// Self-observability counters (`PerCpuArray<u64>`, indexed by `Counter`).
     pub const MAP_COUNTERS: &str = "COUNTERS";
+    /// Profiling state per process and CPU (`PerCpuHashMap<u32, Sampler>`).
+    pub const MAP_SAMPLERS: &str = "SAMPLERS";
+    /// Sampled stacks (`PerCpuHashMap<SampleKey, SampleValue>`).
+    pub const MAP_SAMPLES: &str = "SAMPLES";
+    /// Exponential byte distances in units of the rate (`Array<u32>`,
+    /// fixed point, filled by the loader).
+    pub const MAP_EXP_TABLE: &str = "EXP_TABLE";
+    /// Scratch space for building a `SampleKey` off the BPF stack.
+    pub const MAP_SAMPLE_SCRATCH: &str = "SAMPLE_SCRATCH";
     /// Every map, for checks.
-    pub const MAPS: [&str; 4] = [MAP_PROC_STATS, MAP_SITES, MAP_EVENTS, MAP_COUNTERS];
+    pub const MAPS: [&str; 8] = [
+        MAP_PROC_STATS,
+        MAP_SITES,
+        MAP_EVENTS,
+        MAP_COUNTERS,
+        MAP_SAMPLERS,
+        MAP_SAMPLES,
+        MAP_EXP_TABLE,
+        MAP_SAMPLE_SCRATCH,
+    ];
 
     /// Uprobe on the allocators.
     pub const PROG_ALLOC: &str = "goalloc_alloc";
@@ -236,11 +318,17 @@ pub enum Counter {
     GoroutineExitHits = 6,
     /// Process events dropped because the ring buffer was full.
     EventsLost = 7,
+    /// Allocations sampled for a profile.
+    ProfileSamples = 8,
+    /// Samples dropped because the sampled-stack table was full.
+    ProfileStacksFull = 9,
+    /// Samples whose stack was longer than `MAX_STACK_DEPTH` (cut there).
+    ProfileStacksTruncated = 10,
 }
 
 impl Counter {
     /// Number of counters (the size of the `COUNTERS` array).
-    pub const COUNT: u32 = 8;
+    pub const COUNT: u32 = 11;
 
     /// Every counter, in index order.
     pub const ALL: [Counter; Counter::COUNT as usize] = [
@@ -252,6 +340,9 @@ impl Counter {
         Counter::GoroutineCreateHits,
         Counter::GoroutineExitHits,
         Counter::EventsLost,
+        Counter::ProfileSamples,
+        Counter::ProfileStacksFull,
+        Counter::ProfileStacksTruncated,
     ];
 
     /// Index into the `COUNTERS` array.
@@ -271,6 +362,9 @@ impl Counter {
             Counter::GoroutineCreateHits => "goroutine_create",
             Counter::GoroutineExitHits => "goroutine_exit",
             Counter::EventsLost => "events_lost",
+            Counter::ProfileSamples => "profile_sample",
+            Counter::ProfileStacksFull => "profile_stacks_full",
+            Counter::ProfileStacksTruncated => "profile_stack_truncated",
         }
     }
 }
@@ -311,6 +405,9 @@ mod pod {
     unsafe impl aya::Pod for super::ProbeSite {}
     unsafe impl aya::Pod for super::VaRange {}
     unsafe impl aya::Pod for super::ProcEvent {}
+    unsafe impl aya::Pod for super::Sampler {}
+    unsafe impl aya::Pod for super::SampleKey {}
+    unsafe impl aya::Pod for super::SampleValue {}
 }
 
 #[cfg(test)]
@@ -353,6 +450,9 @@ mod tests {
     fn layouts_have_no_padding() {
         assert_eq!(core::mem::size_of::<ProcStats>(), 8 * (6 + HIST_BUCKETS));
         assert_eq!(core::mem::size_of::<ProbeSite>(), 40 + 16 * MAX_SKIP_RANGES);
+        assert_eq!(core::mem::size_of::<SampleKey>(), 16 + 8 * MAX_STACK_DEPTH);
+        assert_eq!(core::mem::size_of::<Sampler>(), 16);
+        assert_eq!(core::mem::size_of::<SampleValue>(), 16);
     }
 
     #[test]

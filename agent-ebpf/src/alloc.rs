@@ -28,7 +28,8 @@ pub fn goalloc_alloc(ctx: ProbeContext) -> u32 {
 #[inline(always)]
 fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
     let site = site_of(ctx).ok_or(())?;
-    let stats = stats_of(current_tgid()).ok_or(())?;
+    let tgid = current_tgid();
+    let stats = stats_of(tgid).ok_or(())?;
     count_hit(stats, site);
     let size = if site.abi == ABI_STACK {
         regs::stack_arg0(ctx)
@@ -62,6 +63,7 @@ fn try_alloc(ctx: &ProbeContext) -> Result<(), ()> {
         *slot += 1;
     }
     bump(Counter::AllocHits);
+    crate::profile::maybe_sample(ctx, site, tgid, size);
     Ok(())
 }
 

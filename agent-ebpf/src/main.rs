@@ -7,6 +7,7 @@ mod alloc;
 mod goroutine;
 mod maps;
 mod process;
+mod profile;
 mod regs;
 
 #[cfg(not(test))]

@@ -14,6 +14,29 @@ pub fn reg_arg0(ctx: &ProbeContext) -> u64 {
     return regs.regs[0];
 }
 
+/// The second integer argument under Go's register ABI (RBX on amd64, X1
+/// on arm64): the allocators' type descriptor.
+#[inline(always)]
+pub fn reg_arg1(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as above.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rbx;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.regs[1];
+}
+
+/// The frame pointer at the probe point (RBP on amd64, X29 on arm64).
+#[inline(always)]
+pub fn frame_pointer(ctx: &ProbeContext) -> u64 {
+    // SAFETY: as above.
+    let regs = unsafe { &*ctx.regs };
+    #[cfg(bpf_target_arch = "x86_64")]
+    return regs.rbp;
+    #[cfg(bpf_target_arch = "aarch64")]
+    return regs.regs[29];
+}
+
 /// The stack pointer at the probe point (unchanged since entry unless the
 /// site says otherwise: probes sit before or early in the frame set-up).
 #[inline(always)]

@@ -1,5 +1,6 @@
 //! `goalloc agent`: follow every Go process on the node and serve Prometheus
-//! metrics (`/metrics`), liveness (`/healthz`) and readiness (`/readyz`).
+//! metrics (`/metrics`), liveness (`/healthz`), readiness (`/readyz`) and,
+//! with `--profiling`, allocation profiles (`/debug/pprof/allocs`).
 
 use std::{
     net::SocketAddr,
@@ -29,6 +30,7 @@ use crate::{
     events::ProcessEvents,
     exporter::{Aggregate, Format, Metrics},
     identity, procfs,
+    profile::{self, endpoint::Profiling},
     registry::{Registry, Scope},
     select::ExactSelection,
 };
@@ -44,6 +46,8 @@ pub struct AgentOptions {
     pub plan: PlanOptions,
     /// Processes that get the per-allocation probes (none by default).
     pub exact: ExactSelection,
+    /// Serve `/debug/pprof/allocs` (`--profiling`).
+    pub profiling: bool,
 }
 
 #[derive(Clone)]
@@ -130,7 +134,12 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(http.clone());
+        .with_state(http.clone())
+        .merge(
+            Router::new()
+                .route("/debug/pprof/allocs", get(profile::endpoint::allocs))
+                .with_state(Profiling::new(registry.clone(), opts.profiling)),
+        );
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     eprintln!("goalloc: agent listening on http://{}/metrics", opts.listen);
 

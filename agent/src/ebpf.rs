@@ -12,10 +12,13 @@ use std::{
     path::Path,
 };
 
-use agent_common::{Counter, Counters, ProbeSite, ProcStats, names};
+use agent_common::{
+    Counter, Counters, EXP_TABLE_SHIFT, EXP_TABLE_SIZE, ProbeSite, ProcStats, SampleKey,
+    SampleValue, Sampler, names,
+};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, RingBuf},
+    maps::{Array, MapData, MapError, PerCpuArray, PerCpuHashMap, PerCpuValues, RingBuf},
     programs::{
         ProgramError, RawTracePoint, UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope},
@@ -132,6 +135,8 @@ pub struct Engine {
     proc_stats: PerCpuHashMap<MapData, u32, ProcStats>,
     sites: Array<MapData, ProbeSite>,
     counters: PerCpuArray<MapData, u64>,
+    samplers: PerCpuHashMap<MapData, u32, Sampler>,
+    samples: PerCpuHashMap<MapData, SampleKey, SampleValue>,
     /// Handed out once by [`Engine::start_process_events`].
     events: Option<RingBuf<MapData>>,
     attached: HashMap<AttachmentId, Attachment>,
@@ -178,7 +183,15 @@ impl Engine {
                 source: Box::new(e),
             })?;
         }
+        let mut table: Array<MapData, u32> = take_map(&mut ebpf, names::MAP_EXP_TABLE)?;
+        for (i, v) in exp_table().into_iter().enumerate() {
+            table
+                .set(i as u32, v, 0)
+                .map_err(map_err(names::MAP_EXP_TABLE))?;
+        }
         Ok(Engine {
+            samplers: take_map(&mut ebpf, names::MAP_SAMPLERS)?,
+            samples: take_map(&mut ebpf, names::MAP_SAMPLES)?,
             proc_stats: take_map(&mut ebpf, names::MAP_PROC_STATS)?,
             sites: take_map(&mut ebpf, names::MAP_SITES)?,
             counters: take_map(&mut ebpf, names::MAP_COUNTERS)?,
@@ -390,13 +403,92 @@ impl Engine {
         Ok(out)
     }
 
-    /// Forgets a process's counters. Called when it exits, so a reused PID
-    /// starts from zero.
+    /// Forgets a process's counters and stops sampling it. Called when it
+    /// exits, so a reused PID starts from zero. Its samples stay for the
+    /// profile that asked for them ([`Engine::take_samples`]).
     pub fn forget_process(&mut self, tgid: u32) -> Result<(), EngineError> {
+        self.stop_sampling(tgid)?;
         match self.proc_stats.remove(&tgid) {
             Err(e) if !is_not_found(&e) => Err(map_err(names::MAP_PROC_STATS)(e)),
             _ => Ok(()),
         }
+    }
+
+    /// Starts sampling the allocations of `tgid` (which must have the
+    /// allocation probes) every `rate` bytes on average; 1 samples each.
+    pub fn start_sampling(&mut self, tgid: u32, rate: u64) -> Result<(), EngineError> {
+        let io = |call: &'static str| {
+            move |io_error: std::io::Error| {
+                map_err(names::MAP_SAMPLERS)(MapError::SyscallError(aya::sys::SyscallError {
+                    call,
+                    io_error,
+                }))
+            }
+        };
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| io("nr_cpus")(e))?;
+        // remaining 0: each CPU draws its first distance at its first hit.
+        let sampler = Sampler {
+            rate: rate.max(1),
+            remaining: 0,
+        };
+        let values = PerCpuValues::try_from(vec![sampler; cpus]).map_err(io("per-cpu values"))?;
+        self.samplers
+            .insert(tgid, values, 0)
+            .map_err(map_err(names::MAP_SAMPLERS))
+    }
+
+    /// Stops sampling `tgid` (nothing happens if it was not sampled).
+    pub fn stop_sampling(&mut self, tgid: u32) -> Result<(), EngineError> {
+        match self.samplers.remove(&tgid) {
+            Err(e) if !is_not_found(&e) => Err(map_err(names::MAP_SAMPLERS)(e)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Whether `tgid` is being sampled.
+    pub fn is_sampling(&self, tgid: u32) -> bool {
+        self.samplers.get(&tgid, 0).is_ok()
+    }
+
+    /// Takes the samples of the processes in `tgids` out of the kernel
+    /// table, summed over CPUs.
+    pub fn take_samples(
+        &mut self,
+        tgids: &HashSet<u32>,
+    ) -> Result<Vec<(SampleKey, SampleValue)>, EngineError> {
+        let mut keys = Vec::new();
+        for key in self.samples.keys() {
+            match key {
+                Ok(k) if tgids.contains(&k.tgid) => keys.push(k),
+                Ok(_) => {}
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::MAP_SAMPLES)(e)),
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            // A hit between the read and the delete is lost; profiles are
+            // estimates, and the window is microseconds.
+            let values = match self.samples.get(&k, 0) {
+                Ok(v) => v,
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(map_err(names::MAP_SAMPLES)(e)),
+            };
+            let mut total = SampleValue::default();
+            for v in values.iter() {
+                total.count += v.count;
+                total.bytes += v.bytes;
+            }
+            if let Err(e) = self.samples.remove(&k)
+                && !is_not_found(&e)
+            {
+                return Err(map_err(names::MAP_SAMPLES)(e));
+            }
+            if total.count > 0 {
+                out.push((k, total));
+            }
+        }
+        Ok(out)
     }
 
     /// The eBPF self-counters, summed over CPUs.
@@ -433,6 +525,19 @@ fn is_not_found(e: &MapError) -> bool {
     }
 }
 
+/// `-ln(u)` at the midpoints `u = (i + 0.5) / N` of N equal slices of (0, 1),
+/// in fixed point: a uniform random index into it draws an exponential
+/// variable of mean 1 (the eBPF side has no floating point).
+pub fn exp_table() -> Vec<u32> {
+    let n = f64::from(EXP_TABLE_SIZE);
+    (0..EXP_TABLE_SIZE)
+        .map(|i| {
+            let u = (f64::from(i) + 0.5) / n;
+            (-u.ln() * f64::from(1u32 << EXP_TABLE_SHIFT)).round() as u32
+        })
+        .collect()
+}
+
 fn sum<'a>(values: impl Iterator<Item = &'a ProcStats>) -> ProcStats {
     let mut total = ProcStats::ZERO;
     for v in values {
@@ -444,6 +549,27 @@ fn sum<'a>(values: impl Iterator<Item = &'a ProcStats>) -> ProcStats {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The table's draws are exponential with mean 1: mean, median (ln 2)
+    /// and the chance of exceeding 3 (e^-3) within what its resolution allows.
+    #[test]
+    fn exponential_table() {
+        let t = exp_table();
+        assert_eq!(t.len(), EXP_TABLE_SIZE as usize);
+        let one = f64::from(1u32 << EXP_TABLE_SHIFT);
+        let mean = t.iter().map(|&v| f64::from(v)).sum::<f64>() / t.len() as f64 / one;
+        assert!((mean - 1.0).abs() < 0.001, "mean {mean}");
+        let mut sorted = t.clone();
+        sorted.sort_unstable();
+        let median = f64::from(sorted[t.len() / 2]) / one;
+        assert!(
+            (median - std::f64::consts::LN_2).abs() < 0.001,
+            "median {median}"
+        );
+        let over3 = t.iter().filter(|&&v| f64::from(v) > 3.0 * one).count() as f64;
+        assert!((over3 / t.len() as f64 - (-3f64).exp()).abs() < 0.001);
+        assert!(t.iter().all(|&v| v > 0));
+    }
 
     /// The eBPF crate cannot use the shared names in its attributes: check
     /// the compiled object against them.

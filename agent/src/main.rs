@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 use goalloc::{
     agent::{self, AgentOptions},
     exporter::Aggregate,
+    profile,
     report::OutputFormat,
     select::{ExactSelection, Selector},
     top::{self, TopOptions},
@@ -91,6 +92,34 @@ enum Command {
         /// read through its runtime counters only, at no cost to it.
         #[arg(long = "exact-for", value_name = "SELECTOR")]
         exact_for: Vec<Selector>,
+        /// Serve allocation profiles at /debug/pprof/allocs?pid=PID&seconds=N
+        /// (N <= 120). Each costs its process a trap per allocation while it
+        /// runs, and anyone reaching the port may ask for one: off by default.
+        #[arg(long)]
+        profiling: bool,
+    },
+    /// Where and what processes allocate: the allocation probes on them for
+    /// a while, sampling like Go's MemProfileRate, then a pprof profile
+    /// (`go tool pprof`) of call stacks and Go types.
+    Profile {
+        /// Process to profile (repeatable).
+        #[arg(long = "pid", value_name = "PID", required = true)]
+        pids: Vec<u32>,
+        /// How long to sample (it costs each process about a microsecond
+        /// per allocation meanwhile).
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        duration: Duration,
+        /// Mean bytes between samples (Go's MemProfileRate): `512KiB`,
+        /// `4096`, `1MiB`; `1` samples every allocation.
+        #[arg(long, default_value = "512KiB", value_parser = goalloc::profile::command::parse_rate)]
+        rate: u64,
+        /// Where to write the gzipped pprof profile (`-` for stdout).
+        /// Default: goalloc-allocs-PID-TIME.pb.gz, or none with --top.
+        #[arg(short = 'o', long = "output", value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Print the top call sites and types as tables.
+        #[arg(long)]
+        top: bool,
     },
     /// Show what goalloc would probe in a Go executable, without attaching.
     Inspect {
@@ -185,6 +214,7 @@ fn run(cli: Cli) -> Result<()> {
             detach_grace,
             exact_for,
             exact_budget,
+            profiling,
         } => {
             if sweep_interval.is_zero() {
                 anyhow::bail!("--sweep-interval must be greater than zero");
@@ -200,6 +230,7 @@ fn run(cli: Cli) -> Result<()> {
                     pod_annotation: true,
                     budget: Some(exact_budget),
                 },
+                profiling,
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -212,6 +243,31 @@ fn run(cli: Cli) -> Result<()> {
                 anyhow::bail!("--interval must be greater than zero");
             }
             top::run(TopOptions { interval })
+        }
+        Command::Profile {
+            pids,
+            duration,
+            rate,
+            output,
+            top,
+        } => {
+            let output = match output {
+                None => profile::command::Output::Default,
+                Some(p) if p.as_os_str() == "-" => profile::command::Output::Stdout,
+                Some(p) => profile::command::Output::File(p),
+            };
+            let opts = profile::command::ProfileOptions {
+                pids,
+                duration,
+                rate,
+                output,
+                top,
+                plan: PlanOptions::default(),
+            };
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(profile::command::run(opts))
         }
         Command::Inspect { path } => inspect(&path),
     }

@@ -108,6 +108,9 @@ struct Tracked {
     runtime: Result<RuntimeSource, Unavailable>,
     /// The per-allocation probes are on for it.
     probed: bool,
+    /// ... only for a profile (`/debug/pprof/allocs`): the exact selection
+    /// does not choose it, so no exact-mode series and no cost guard.
+    profile_only: bool,
     /// Why the probes are off although the selection chooses it (never
     /// retried for this process).
     exact_off: Option<&'static str>,
@@ -187,6 +190,10 @@ impl Registry {
 
     pub fn engine(&self) -> &Engine {
         self.attachments.engine()
+    }
+
+    pub fn engine_mut(&mut self) -> &mut Engine {
+        self.attachments.engine_mut()
     }
 
     /// Number of processes being accounted.
@@ -287,6 +294,7 @@ impl Registry {
             exe: go,
             runtime,
             probed: false,
+            profile_only: false,
             exact_off: None,
             window: None,
             last_seen: ProcStats::ZERO,
@@ -296,16 +304,8 @@ impl Registry {
         Ok(true)
     }
 
-    /// Puts the per-allocation probes on a process if the exact selection
-    /// chooses it (and they are not on yet).
-    fn probe_if_chosen(
-        &mut self,
-        t: &mut Tracked,
-        path: &std::path::Path,
-    ) -> Result<(), EngineError> {
-        if t.probed || t.exact_off.is_some() {
-            return Ok(());
-        }
+    /// Whether the exact selection chooses the process.
+    fn chosen(&self, t: &Tracked) -> bool {
         let pod = self.pod_names(&t.info.cgroup);
         let pod_asks = self.pods.as_ref().is_some_and(|index| {
             index.exact_requested(
@@ -313,9 +313,31 @@ impl Registry {
                 t.info.cgroup.container_id.as_deref(),
             )
         });
-        if !self.exact.wants(&t.info, &pod, pod_asks) {
+        self.exact.wants(&t.info, &pod, pod_asks)
+    }
+
+    /// Puts the per-allocation probes on a process if the exact selection
+    /// chooses it (and they are not on yet).
+    fn probe_if_chosen(
+        &mut self,
+        t: &mut Tracked,
+        path: &std::path::Path,
+    ) -> Result<(), EngineError> {
+        if t.probed || t.exact_off.is_some() || !self.chosen(t) {
             return Ok(());
         }
+        self.attach_probes(t, path, false).map(|_| ())
+    }
+
+    /// Attaches the per-allocation probes to a process. Returns why not
+    /// when they could not be attached (the process exited, its file cannot
+    /// be probed, an attach error: this process only).
+    fn attach_probes(
+        &mut self,
+        t: &mut Tracked,
+        path: &std::path::Path,
+        for_profile: bool,
+    ) -> Result<Result<(), String>, EngineError> {
         let pid = t.info.pid;
         let plan = match &t.exe.plan {
             Ok(plan) => plan.clone(),
@@ -324,11 +346,11 @@ impl Registry {
                     *self.stats.attach_errors.entry(u.reason).or_default() += 1;
                     log::warn!("pid {pid}: cannot probe {}: {}", t.info.exe, u.detail);
                 }
-                return Ok(());
+                return Ok(Err(u.detail.clone()));
             }
         };
         if self.failed.contains(&t.stamp) {
-            return Ok(());
+            return Ok(Err("its executable cannot be probed".into()));
         }
         match self
             .attachments
@@ -337,32 +359,93 @@ impl Registry {
             Ok(s) => {
                 if s.newly_attached {
                     log::info!(
-                        "pid {pid}: attached {} probes to {} ({}, {:?})",
+                        "pid {pid}: attached {} probes to {} ({}, {:?}){}",
                         s.probes,
                         t.info.exe,
                         plan.go_version,
-                        plan.scheme
+                        plan.scheme,
+                        if for_profile { " for a profile" } else { "" }
                     );
                 }
                 t.probed = true;
-                let now = self.attachments.engine().stats(pid)?.unwrap_or_default();
-                t.window = Some(guard::Window::start(&now));
+                t.profile_only = for_profile;
+                // A profile is bounded in time and asked for: no guard.
+                if !for_profile {
+                    let now = self.attachments.engine().stats(pid)?.unwrap_or_default();
+                    t.window = Some(guard::Window::start(&now));
+                }
+                Ok(Ok(()))
             }
             // A process that exited while being attached is skipped: not an
             // error of goalloc nor of its executable.
             Err(e) if e.is_process_gone() || !t.id.is_alive() => {
                 log::debug!("pid {pid} exited while being attached: {e}");
+                Ok(Err("it exited".into()))
             }
             Err(e) => {
                 // This process only: another process of the same file, or
                 // this one's siblings, are attached on their own.
-                t.exact_off = Some("attach");
-                *self.stats.exact_disabled.entry("attach").or_default() += 1;
+                if !for_profile {
+                    t.exact_off = Some("attach");
+                    *self.stats.exact_disabled.entry("attach").or_default() += 1;
+                }
                 *self.stats.attach_errors.entry("attach").or_default() += 1;
                 log::warn!("pid {pid}: no per-allocation probes: {e}");
+                Ok(Err(e.to_string()))
             }
         }
+    }
+
+    /// Puts the allocation probes on `pid` for a profile (unless it has
+    /// them already). `Ok(Err(why))`: it cannot be profiled.
+    pub fn profile_begin(&mut self, pid: u32) -> Result<Result<(), String>, EngineError> {
+        let Some(mut t) = self.processes.remove(&pid) else {
+            return Ok(Err(format!(
+                "pid {pid} is not a Go process this agent follows"
+            )));
+        };
+        let result = if t.probed {
+            Ok(Ok(()))
+        } else {
+            match procfs::open_exe(pid) {
+                Ok(exe) if FileStamp::of_file(exe.file()).is_ok_and(|s| s == t.stamp) => {
+                    self.attach_probes(&mut t, exe.path(), true)
+                }
+                _ => Ok(Err(format!(
+                    "pid {pid} has exited or changed its executable"
+                ))),
+            }
+        };
+        self.processes.insert(pid, t);
+        result
+    }
+
+    /// The profile of `pid` ended: probes put on for it alone come off.
+    pub fn profile_end(&mut self, pid: u32) -> Result<(), EngineError> {
+        let Some(mut t) = self.processes.remove(&pid) else {
+            return Ok(());
+        };
+        if t.probed && t.profile_only {
+            t.profile_only = false;
+            if self.chosen(&t) && t.exact_off.is_none() {
+                // Chosen meanwhile: keep them, under the guard from now.
+                let now = self.attachments.engine().stats(pid)?.unwrap_or_default();
+                t.window = Some(guard::Window::start(&now));
+            } else {
+                t.probed = false;
+                self.attachments.release(t.attachment());
+                // Counts of the profile's probes are not exact-mode series.
+                self.attachments.engine_mut().forget_process(pid)?;
+                t.last_seen = ProcStats::ZERO;
+            }
+        }
+        self.processes.insert(pid, t);
         Ok(())
+    }
+
+    /// Whether `pid` is accounted (alive, as far as the registry knows).
+    pub fn tracks(&self, pid: u32) -> bool {
+        self.processes.contains_key(&pid)
     }
 
     /// Probes the processes the selection chooses now but did not before
@@ -433,7 +516,7 @@ impl Registry {
             info: t.info,
             pod,
             runtime,
-            probes: t.probed.then_some(last),
+            probes: (t.probed && !t.profile_only).then_some(last),
             exited: true,
         });
         Ok(())
@@ -608,7 +691,7 @@ impl Registry {
                 info: t.info.clone(),
                 pod,
                 runtime,
-                probes: t.probed.then_some(t.last_seen),
+                probes: (t.probed && !t.profile_only).then_some(t.last_seen),
                 exited: false,
             });
         }

@@ -140,7 +140,7 @@ fn check_binary(path: &Path, what: &str, opts: PlanOptions, exact: bool) -> Resu
 
 /// Checks every target before touching the kernel, so bad input fails with
 /// a message naming it. Returns the registry scope and what will be read.
-fn resolve(target: &Target, opts: PlanOptions, exact: bool) -> Result<(Scope, Vec<String>)> {
+pub fn resolve(target: &Target, opts: PlanOptions, exact: bool) -> Result<(Scope, Vec<String>)> {
     let mut checked: HashMap<BinaryKey, String> = HashMap::new();
     match target {
         Target::Pids(pids) => {

@@ -4,12 +4,17 @@
 //! toolchains), with allocator frames on top that must be trimmed, a real
 //! type descriptor, an untyped and a reflect-made sample, and a pc no
 //! mapping symbolizes; `-top`, `-traces` and `-tags` must show the
-//! functions, files, lines and type labels put in.
+//! functions, files, lines and type labels put in. Then both builds as
+//! three processes in one profile: each pid's samples apart, with its own
+//! stacks at its own addresses.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use goalloc::profile::{AllocSample, OtherMapping, ProcessImage, ProfileMeta, write_gzipped};
+use goalloc::profile::{
+    AllocSample, OtherMapping, ProcessImage, ProcessSamples, ProfileMeta, write_gzipped,
+    write_gzipped_many,
+};
 use gobinary::GoBinary;
 
 const RATE: u64 = 512 * 1024;
@@ -72,7 +77,75 @@ fn parse(out: &str) -> Dump {
     d
 }
 
-fn check(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) {
+/// A pcdump build, run once, and samples made of its stacks.
+struct Prepared {
+    goversion: String,
+    exe: PathBuf,
+    bin: GoBinary,
+    dump: Dump,
+    bias: u64,
+    samples: Vec<AllocSample>,
+}
+
+impl Prepared {
+    fn image(&self) -> ProcessImage<'_> {
+        ProcessImage {
+            binary: &self.bin,
+            path: self.exe.display().to_string(),
+            load_bias: self.bias,
+            other_mappings: vec![OtherMapping {
+                start: 0x7f00_0000_0000,
+                limit: 0x7f00_0010_0000,
+                file_offset: 0,
+                path: "/usr/lib/libfake.so".into(),
+            }],
+        }
+    }
+}
+
+fn meta() -> ProfileMeta {
+    ProfileMeta {
+        rate: RATE,
+        time_nanos: 1_700_000_000_000_000_000,
+        duration_nanos: 30_000_000_000,
+        comments: vec!["synthetic test profile".into()],
+    }
+}
+
+fn go_pprof(file: &Path, args: &[&str]) -> String {
+    let newest = testutil::newest().expect("go");
+    run(testutil::go_command(&newest.go)
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file))
+}
+
+/// The frames `go tool pprof -traces` shows for the trace holding `needle`.
+fn trace_frames<'t>(traces: &'t str, needle: &str) -> Vec<&'t str> {
+    let trace = traces
+        .split("-----------+")
+        .find(|t| t.contains(needle))
+        .unwrap_or_else(|| panic!("no trace with {needle}:\n{traces}"));
+    trace
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .find(|w| w.starts_with("main.") || w.starts_with("runtime."))
+        })
+        .collect()
+}
+
+/// The frames of pcdump's "inlined" stack, innermost first.
+const INLINED: [&str; 6] = [
+    "main.record",
+    "main.inner",
+    "main.middle",
+    "main.outer",
+    "main.main",
+    "runtime.main",
+];
+
+fn prepare(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) -> Prepared {
     let exe = build_pcdump(tc, dir, args);
     let dump = parse(&run(&mut Command::new(&exe)));
     let bin = GoBinary::open(&exe).expect("pcdump");
@@ -97,12 +170,6 @@ fn check(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) {
         }
         physical
     };
-    let libc = OtherMapping {
-        start: 0x7f00_0000_0000,
-        limit: 0x7f00_0010_0000,
-        file_offset: 0,
-        path: "/usr/lib/libfake.so".into(),
-    };
     let mut foreign = stack("closure");
     foreign.insert(2, 0x7f00_0000_1234);
     let samples = vec![
@@ -125,34 +192,29 @@ fn check(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) {
             count: 7,
         },
     ];
-    let image = ProcessImage {
-        binary: &bin,
-        path: exe.display().to_string(),
-        load_bias: bias,
-        other_mappings: vec![libc],
-    };
-    let meta = ProfileMeta {
-        rate: RATE,
-        time_nanos: 1_700_000_000_000_000_000,
-        duration_nanos: 30_000_000_000,
-        comments: vec!["synthetic test profile".into()],
-    };
+    Prepared {
+        goversion: tc.goversion.clone(),
+        exe,
+        bin,
+        dump,
+        bias,
+        samples,
+    }
+}
+
+fn check(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) -> Prepared {
+    let p = prepare(tc, dir, args);
+    let (bin, dump) = (&p.bin, &p.dump);
     let file = dir.join(format!("{}.pb.gz", tc.goversion));
     write_gzipped(
-        &image,
-        &samples,
-        &meta,
+        &p.image(),
+        &p.samples,
+        &meta(),
         std::fs::File::create(&file).expect("create"),
     )
     .expect("write");
 
-    let newest = testutil::newest().expect("go");
-    let pprof = |args: &[&str]| {
-        run(testutil::go_command(&newest.go)
-            .args(["tool", "pprof"])
-            .args(args)
-            .arg(&file))
-    };
+    let pprof = |args: &[&str]| go_pprof(&file, args);
     let top = pprof(&["-top", "-sample_index=alloc_space"]);
     eprintln!("{} {args:?} -top:\n{top}", tc.goversion);
     let lines = pprof(&["-top", "-lines"]);
@@ -192,29 +254,7 @@ fn check(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) {
             "-lines lacks {at}:\n{lines}"
         );
     }
-    let trace = traces
-        .split("-----------+")
-        .find(|t| t.contains(&dump.type_name))
-        .expect("the typed sample");
-    let frames: Vec<&str> = trace
-        .lines()
-        .filter_map(|l| {
-            l.split_whitespace()
-                .find(|w| w.starts_with("main.") || w.starts_with("runtime."))
-        })
-        .collect();
-    assert_eq!(
-        frames,
-        [
-            "main.record",
-            "main.inner",
-            "main.middle",
-            "main.outer",
-            "main.main",
-            "runtime.main"
-        ],
-        "{trace}"
-    );
+    assert_eq!(trace_frames(&traces, &dump.type_name), INLINED, "{traces}");
     for want in ["main.inner", "main.middle", "main.outer", "main.main.func1"] {
         assert!(traces.contains(want), "-traces lacks {want}:\n{traces}");
     }
@@ -240,9 +280,81 @@ fn check(tc: &testutil::Toolchain, dir: &Path, args: &[&str]) {
         "no {objects} in -raw:\n{raw}"
     );
     assert!(raw.contains("synthetic test profile"), "{raw}");
-    if let Some(id) = bin.go_build_id() {
-        assert!(raw.contains(&id), "build id {id} missing:\n{raw}");
+    // Go's linker always writes the note (`go tool buildid` prints it).
+    let id = bin.go_build_id().expect("the executable's Go build id");
+    assert!(raw.contains(&id), "build id {id} missing:\n{raw}");
+    p
+}
+
+/// Several processes in one profile: `pie` as pid 101, `plain` (non-PIE)
+/// as pids 202 and 303, at the same addresses.
+fn check_many(pie: &Prepared, plain: &Prepared, dir: &Path) {
+    let processes: Vec<ProcessSamples<'_>> = [(101, pie), (202, plain), (303, plain)]
+        .into_iter()
+        .map(|(pid, p)| ProcessSamples {
+            pid,
+            image: p.image(),
+            samples: p.samples.clone(),
+        })
+        .collect();
+    let file = dir.join("many.pb.gz");
+    write_gzipped_many(
+        &processes,
+        &meta(),
+        std::fs::File::create(&file).expect("create"),
+    )
+    .expect("write");
+    let tags = go_pprof(&file, &["-tags"]);
+    eprintln!("{} + {} -tags:\n{tags}", pie.goversion, plain.goversion);
+    assert!(tags.contains("pid:"), "{tags}");
+    for (pid, p) in [(101, pie), (202, plain), (303, plain)] {
+        let focus = format!("-tagfocus=pid={pid}");
+        assert!(
+            tags.contains(&format!(": {pid}\n")),
+            "-tags lacks {pid}:\n{tags}"
+        );
+        let top = go_pprof(&file, &["-top", &focus]);
+        let traces = go_pprof(&file, &["-traces", &focus]);
+        let addresses = go_pprof(&file, &["-top", "-addresses", &focus]);
+        eprintln!("pid {pid} -traces:\n{traces}\n-top -addresses:\n{addresses}");
+        for want in ["main.record", "main.generic[", "main.main"] {
+            assert!(top.contains(want), "pid {pid}: -top lacks {want}:\n{top}");
+        }
+        assert!(!top.contains("runtime.mallocgc"), "{top}");
+        // Only this process's samples, with its own stacks.
+        assert_eq!(traces.matches("-----------+").count(), 4, "{traces}");
+        for other in [101, 202, 303].iter().filter(|&&o| o != pid) {
+            assert!(!traces.contains(&format!("{other}\n")), "{traces}");
+        }
+        assert_eq!(
+            trace_frames(&traces, &p.dump.type_name),
+            INLINED,
+            "{traces}"
+        );
+        assert!(traces.contains("reflect-made type"), "{traces}");
+        // The locations are this process's: its run-time addresses.
+        let record = p.bin.lookup("main.record").expect("main.record");
+        let (start, end) = (record.entry + p.bias, record.end + p.bias);
+        let in_record = addresses
+            .lines()
+            .filter(|l| l.contains("main.record"))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .find(|w| w.len() > 4 && u64::from_str_radix(w, 16).is_ok())
+            })
+            .map(|w| u64::from_str_radix(w, 16).expect("hex"))
+            .collect::<Vec<_>>();
+        assert!(!in_record.is_empty(), "{addresses}");
+        assert!(
+            in_record.iter().all(|a| (start..end).contains(a)),
+            "pid {pid}: main.record not at {start:#x}..{end:#x}:\n{addresses}"
+        );
     }
+    // Totals: three processes' worth of the typed sample.
+    let raw = go_pprof(&file, &["-raw"]);
+    let scale = 1.0 / (1.0 - (-64.0f64 / RATE as f64).exp());
+    let objects = (30.0 * scale) as i64;
+    assert_eq!(raw.matches(&format!(" {objects} ")).count(), 3, "{raw}");
 }
 
 #[test]
@@ -251,6 +363,7 @@ fn go_tool_pprof_reads_profiles() {
     let toolchains = testutil::toolchains_or_panic();
     let oldest = toolchains.first().expect("a toolchain");
     let newest = toolchains.last().expect("a toolchain");
-    check(newest, dir.path(), &["-buildmode=pie"]);
-    check(oldest, dir.path(), &["-ldflags=-s -w"]);
+    let pie = check(newest, dir.path(), &["-buildmode=pie"]);
+    let plain = check(oldest, dir.path(), &["-ldflags=-s -w"]);
+    check_many(&pie, &plain, dir.path());
 }

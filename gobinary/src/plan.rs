@@ -4,8 +4,8 @@
 //! offsets and per-site configuration; `ebpf` then attaches it.
 
 use agent_common::{
-    ABI_REGISTER, ABI_STACK, LOC_REG_ARG0, MAX_SKIP_RANGES, ProbeSite, SITE_FLAG_STEPPED,
-    SITE_GOROUTINE, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange, names,
+    ABI_REGISTER, ABI_STACK, LOC_REG_ARG0, MAX_SKIP_RANGES, ProbeSite, SITE_FLAG_FRAME_SET,
+    SITE_FLAG_STEPPED, SITE_GOROUTINE, SITE_MALLOCGC, SITE_SPECIALIZED, VaRange, names,
 };
 
 use crate::{
@@ -385,6 +385,7 @@ fn probe(
         point.instruction
     };
     let mut ret_off = 0;
+    let mut frame_set = false;
     let mut emulated = prologue::kernel_emulates(bin.arch(), &code[offset as usize..]);
     let site_reason = match placement {
         Placement::Entry if opts.at_entry => "function entry (--placement entry)".to_string(),
@@ -410,6 +411,7 @@ fn probe(
                 offset = found.offset;
                 instruction = found.instruction;
                 ret_off = found.stack_moved;
+                frame_set = found.frame_set;
                 emulated = true;
                 reason
             }
@@ -419,7 +421,8 @@ fn probe(
     let vaddr = f.entry + offset;
     let site = ProbeSite {
         probe_vaddr: vaddr,
-        flags: if emulated { 0 } else { SITE_FLAG_STEPPED },
+        flags: if emulated { 0 } else { SITE_FLAG_STEPPED }
+            | if frame_set { SITE_FLAG_FRAME_SET } else { 0 },
         size_loc: LOC_REG_ARG0,
         ret_off,
         ..site

@@ -46,8 +46,24 @@ pub struct EmulatedSite {
     /// Bytes the stack pointer moved down between the original site and
     /// this one: the return address is at `[rsp + stack_moved]`.
     pub stack_moved: u32,
+    /// The frame pointer points at this function's own frame record
+    /// ({saved frame pointer, return address}) at the site: the walk passed
+    /// both `mov [rsp+moved-8], rbp` and `lea rbp, [rsp+moved-8]`.
+    pub frame_set: bool,
     /// The instructions walked past, for `goalloc inspect`.
     pub skipped: Vec<String>,
+}
+
+/// What the walk knows after each instruction.
+#[derive(Debug, Default, Clone, Copy)]
+struct Walk {
+    /// Bytes the stack pointer moved down.
+    moved: u64,
+    /// `[rsp+d]` where the caller's frame pointer was saved (d = moved - 8).
+    saved_fp: bool,
+    /// The frame pointer was set to the frame record (a `lea rbp` after the
+    /// save, at the same slot).
+    frame_set: bool,
 }
 
 /// Why the probe stays at the original site.
@@ -74,7 +90,7 @@ pub fn find_emulated(arch: Arch, code: &[u8], start: u64) -> Result<EmulatedSite
         .get(start as usize..)
         .ok_or_else(|| refuse("the site is past the end of the function"))?;
     let mut decoder = Decoder::with_ip(64, tail, start, DecoderOptions::NONE);
-    let mut moved: u64 = 0;
+    let mut walk = Walk::default();
     let mut skipped = Vec::new();
     let mut insn = Instruction::default();
     for _ in 0..MAX_WALK {
@@ -92,12 +108,13 @@ pub fn find_emulated(arch: Arch, code: &[u8], start: u64) -> Result<EmulatedSite
             return Ok(EmulatedSite {
                 offset: insn.ip(),
                 instruction: text(&insn),
-                stack_moved: u32::try_from(moved)
+                stack_moved: u32::try_from(walk.moved)
                     .map_err(|_| refuse("the stack moved by more than 4 GiB"))?,
+                frame_set: walk.frame_set,
                 skipped,
             });
         }
-        moved = walk_past(&insn, moved)?;
+        walk = walk_past(&insn, walk)?;
         skipped.push(text(&insn));
     }
     Err(refuse(format!(
@@ -105,9 +122,11 @@ pub fn find_emulated(arch: Arch, code: &[u8], start: u64) -> Result<EmulatedSite
     )))
 }
 
-/// Accepts one instruction the walk may pass, returning how far the stack
-/// pointer has moved down after it; refuses anything not fully understood.
-fn walk_past(insn: &Instruction, moved: u64) -> Result<u64, Refusal> {
+/// Accepts one instruction the walk may pass, returning what is known after
+/// it (how far the stack pointer moved down, the frame pointer); refuses
+/// anything not fully understood.
+fn walk_past(insn: &Instruction, walk: Walk) -> Result<Walk, Refusal> {
+    let moved = walk.moved;
     let what = || format!("`{}` at +{:#x}", text(insn), insn.ip());
     let rsp_relative = |i: &Instruction| {
         i.memory_base() == Register::RSP
@@ -122,7 +141,16 @@ fn walk_past(insn: &Instruction, moved: u64) -> Result<u64, Refusal> {
             if imm <= 0 || imm > 1 << 20 {
                 return Err(refuse(format!("{}: not a frame allocation", what())));
             }
-            Ok(moved + imm as u64)
+            if walk.saved_fp {
+                return Err(refuse(format!(
+                    "{}: the stack moves after the frame was set up",
+                    what()
+                )));
+            }
+            Ok(Walk {
+                moved: moved + imm as u64,
+                ..walk
+            })
         }
         Code::Mov_rm64_r64 if insn.op0_kind() == OpKind::Memory && rsp_relative(insn) => {
             // The return address is at [rsp + moved]: a store must end below
@@ -137,9 +165,27 @@ fn walk_past(insn: &Instruction, moved: u64) -> Result<u64, Refusal> {
                     what()
                 )));
             }
-            Ok(moved as u64)
+            let saves_fp = insn.op1_register() == Register::RBP && disp + 8 == moved;
+            Ok(Walk {
+                saved_fp: walk.saved_fp || saves_fp,
+                ..walk
+            })
         }
-        Code::Lea_r64_m if insn.op0_register() == Register::RBP && rsp_relative(insn) => Ok(moved),
+        Code::Lea_r64_m if insn.op0_register() == Register::RBP && rsp_relative(insn) => {
+            // Stacks are walked from the frame pointer: it must point at the
+            // saved one, next to the return address.
+            let disp = insn.memory_displacement64() as i64;
+            if !walk.saved_fp || disp + 8 != moved as i64 {
+                return Err(refuse(format!(
+                    "{}: the frame pointer is not set to the frame record",
+                    what()
+                )));
+            }
+            Ok(Walk {
+                frame_set: true,
+                ..walk
+            })
+        }
         Code::Cmp_rm32_imm8
         | Code::Cmp_rm32_imm32
         | Code::Cmp_rm64_imm8
@@ -151,7 +197,7 @@ fn walk_past(insn: &Instruction, moved: u64) -> Result<u64, Refusal> {
             if insn.op0_kind() != OpKind::Memory {
                 return Err(refuse(format!("{}: not a known prologue shape", what())));
             }
-            Ok(moved)
+            Ok(walk)
         }
         _ => Err(refuse(format!(
             "{}: not an instruction the walk understands",
@@ -214,6 +260,7 @@ mod tests {
         assert_eq!(site.offset, 31);
         assert_eq!(site.instruction, "nop");
         assert_eq!(site.stack_moved, 0x78);
+        assert!(site.frame_set);
         assert_eq!(site.skipped.len(), 4, "{:?}", site.skipped);
     }
 
@@ -222,6 +269,7 @@ mod tests {
         let code = [0x55, 0x48, 0x89, 0xe5, 0xc3];
         let site = find_emulated(Arch::X86_64, &code, 0).unwrap();
         assert_eq!((site.offset, site.stack_moved), (0, 0));
+        assert!(!site.frame_set);
     }
 
     #[test]
@@ -239,6 +287,18 @@ mod tests {
         // A spill of an argument above it is fine.
         let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x89, 0x44, 0x24, 0x20, 0x90];
         assert_eq!(find_emulated(Arch::X86_64, &code, 0).unwrap().offset, 9);
+        // The frame pointer set elsewhere than the frame record.
+        let code = [
+            0x48, 0x83, 0xec, 0x18, // sub rsp, 0x18
+            0x48, 0x89, 0x6c, 0x24, 0x10, // mov [rsp+0x10], rbp
+            0x48, 0x8d, 0x6c, 0x24, 0x08, // lea rbp, [rsp+0x8]
+            0x90,
+        ];
+        let e = find_emulated(Arch::X86_64, &code, 0).unwrap_err();
+        assert!(e.0.contains("frame record"), "{e}");
+        // ... or without saving the caller's.
+        let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x8d, 0x6c, 0x24, 0x10, 0x90];
+        assert!(find_emulated(Arch::X86_64, &code, 0).is_err());
         // A branch into the block.
         let mut code = go119_mallocgc();
         code.extend([0xeb, (31i8 - (code.len() as i8 + 2)) as u8]); // jmp to the nop

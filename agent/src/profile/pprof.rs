@@ -1,4 +1,4 @@
-//! Allocation samples of one Go process to a pprof profile, as Go's own
+//! Allocation samples of Go processes to a pprof profile, as Go's own
 //! heap profiles (`runtime/pprof/protomem.go`) are written:
 //! - sample types `alloc_objects`/`count` and `alloc_space`/`bytes`
 //!   (default `alloc_space`), period type `space`/`bytes`, period = the
@@ -18,6 +18,13 @@
 //! executable with its Go build id. A pc that cannot be symbolized (outside
 //! Go code, or a corrupt table) stays a location with only its address and
 //! its mapping.
+//!
+//! Several processes go in one profile ([`build_many`]) as pprof merges
+//! profiles: each process has its own mappings, so that two processes never
+//! share a location (the same non-PIE executable has the same addresses in
+//! both), functions are shared by name, file and start line, and every
+//! sample has a numeric label `pid` (`go tool pprof -tagfocus=pid=N` picks
+//! one). Each executable is symbolized once, however many processes run it.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -36,6 +43,10 @@ pub const UNTYPED: &str = "untyped";
 pub const REFLECT_MADE: &str = "reflect-made type";
 /// The label key of the type.
 pub const TYPE_LABEL: &str = "type";
+/// The numeric label of the object size (Go's own).
+pub const SIZE_LABEL: &str = "bytes";
+/// The numeric label of the process id, in profiles of several processes.
+pub const PID_LABEL: &str = "pid";
 
 /// One aggregated sample from the allocation probe.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -138,9 +149,40 @@ impl Strings {
     }
 }
 
-/// Builds the profile of `samples` from `image`.
+/// One process's samples, for a profile of several processes.
+#[derive(Debug)]
+pub struct ProcessSamples<'a> {
+    pub pid: u32,
+    pub image: ProcessImage<'a>,
+    pub samples: Vec<AllocSample>,
+}
+
+/// Builds the profile of `samples` from `image` (one process, no `pid`
+/// label).
 pub fn build(image: &ProcessImage<'_>, samples: &[AllocSample], meta: &ProfileMeta) -> Profile {
-    Builder::new(image, meta).build(samples)
+    build_from(
+        &[Input {
+            pid: None,
+            image,
+            samples,
+        }],
+        meta,
+    )
+}
+
+/// Builds one profile of several processes: each has its own mappings and
+/// locations, functions are shared, and each sample is labelled with its
+/// `pid`.
+pub fn build_many(processes: &[ProcessSamples<'_>], meta: &ProfileMeta) -> Profile {
+    let inputs: Vec<Input<'_, '_>> = processes
+        .iter()
+        .map(|p| Input {
+            pid: Some(p.pid),
+            image: &p.image,
+            samples: &p.samples,
+        })
+        .collect();
+    build_from(&inputs, meta)
 }
 
 /// Builds and writes the gzipped profile (what `go tool pprof` reads).
@@ -150,58 +192,107 @@ pub fn write_gzipped(
     meta: &ProfileMeta,
     out: impl Write,
 ) -> Result<(), ProfileError> {
-    let bytes = build(image, samples, meta).encode();
+    write_profile(&build(image, samples, meta), out)
+}
+
+/// [`build_many`], gzipped and written.
+pub fn write_gzipped_many(
+    processes: &[ProcessSamples<'_>],
+    meta: &ProfileMeta,
+    out: impl Write,
+) -> Result<(), ProfileError> {
+    write_profile(&build_many(processes, meta), out)
+}
+
+fn write_profile(profile: &Profile, out: impl Write) -> Result<(), ProfileError> {
     let mut gz = flate2::write::GzEncoder::new(out, flate2::Compression::default());
-    gz.write_all(&bytes)?;
+    gz.write_all(&profile.encode())?;
     gz.finish()?;
     Ok(())
 }
 
-struct Builder<'i, 'b> {
+/// One process handed to the builder; `pid` is `None` for a single-process
+/// profile, whose samples are not labelled with it.
+struct Input<'i, 'b> {
+    pid: Option<u32>,
     image: &'i ProcessImage<'b>,
-    meta: &'i ProfileMeta,
-    sym: Option<Symbolizer<'b>>,
-    types: Option<TypeNames<'b>>,
-    strings: Strings,
-    /// Frames of each run-time return address (`None`: not symbolized).
-    frames: HashMap<u64, Option<Vec<Frame>>>,
-    functions: HashMap<(String, String, u32), u64>,
-    profile: Profile,
-    /// (address, function ids and lines) -> location id.
-    locations: HashMap<(u64, Vec<Line>), u64>,
-    type_labels: HashMap<Option<u64>, String>,
+    samples: &'i [AllocSample],
 }
 
-impl<'i, 'b> Builder<'i, 'b> {
-    fn new(image: &'i ProcessImage<'b>, meta: &'i ProfileMeta) -> Self {
-        let mut comments = meta.comments.clone();
-        let sym = match Symbolizer::new(image.binary) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                comments.push(format!("frames not symbolized: {e}"));
-                None
-            }
-        };
-        let types = match TypeNames::new(image.binary) {
-            Ok(t) => Some(t),
-            Err(e) => {
-                comments.push(format!("types not named: {e}"));
-                None
-            }
-        };
+fn build_from(inputs: &[Input<'_, '_>], meta: &ProfileMeta) -> Profile {
+    let mut b = Builder::new(meta);
+    for (index, input) in inputs.iter().enumerate() {
+        b.add_process(index, input);
+    }
+    b.finish()
+}
+
+/// The symbols of one executable, built once however many processes run
+/// it (a symbolizer and its caches are the costly part of a profile).
+struct Executable<'b> {
+    sym: Option<Symbolizer<'b>>,
+    types: Option<TypeNames<'b>>,
+    /// Frames of each link-time return address (`None`: not symbolized).
+    frames: HashMap<u64, Option<Vec<Frame>>>,
+    /// Name of each link-time type address (`None`: not nameable).
+    type_names: HashMap<u64, Option<String>>,
+}
+
+/// Where a location belongs: locations are shared within a mapping only,
+/// and pcs outside every mapping stay apart per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Scope {
+    Mapping(u64),
+    Unmapped(usize),
+}
+
+/// The process whose samples are being added.
+struct Current {
+    index: usize,
+    exe: usize,
+    bias: u64,
+    /// Its mappings: indices into `profile.mappings`.
+    mappings: std::ops::Range<usize>,
+    pid: Option<u32>,
+}
+
+struct Builder<'m, 'b> {
+    meta: &'m ProfileMeta,
+    strings: Strings,
+    comments: Vec<String>,
+    exes: Vec<Executable<'b>>,
+    /// Executables by the `GoBinary` they were read from, and by path and
+    /// Go build id (the same file opened twice).
+    exe_by_binary: HashMap<*const GoBinary, usize>,
+    exe_by_identity: HashMap<(String, String), usize>,
+    functions: HashMap<(String, String, u32), u64>,
+    /// (scope, address, function ids and lines) -> location id.
+    locations: HashMap<(Scope, u64, Vec<Line>), u64>,
+    profile: Profile,
+}
+
+impl<'m, 'b> Builder<'m, 'b> {
+    fn new(meta: &'m ProfileMeta) -> Self {
         let mut b = Builder {
-            image,
             meta,
-            sym,
-            types,
             strings: Strings::new(),
-            frames: HashMap::new(),
+            comments: meta.comments.clone(),
+            exes: Vec::new(),
+            exe_by_binary: HashMap::new(),
+            exe_by_identity: HashMap::new(),
             functions: HashMap::new(),
-            profile: Profile::default(),
             locations: HashMap::new(),
-            type_labels: HashMap::new(),
+            profile: Profile::default(),
         };
-        b.profile.comments = comments.iter().map(|c| b.strings.get(c)).collect();
+        b.profile.sample_types = vec![
+            b.value_type("alloc_objects", "count"),
+            b.value_type("alloc_space", "bytes"),
+        ];
+        b.profile.period_type = Some(b.value_type("space", "bytes"));
+        b.profile.period = meta.rate as i64;
+        b.profile.default_sample_type = b.strings.get("alloc_space");
+        b.profile.time_nanos = meta.time_nanos;
+        b.profile.duration_nanos = meta.duration_nanos;
         b
     }
 
@@ -212,28 +303,83 @@ impl<'i, 'b> Builder<'i, 'b> {
         }
     }
 
-    fn build(mut self, samples: &[AllocSample]) -> Profile {
-        self.profile.sample_types = vec![
-            self.value_type("alloc_objects", "count"),
-            self.value_type("alloc_space", "bytes"),
-        ];
-        self.profile.period_type = Some(self.value_type("space", "bytes"));
-        self.profile.period = self.meta.rate as i64;
-        self.profile.default_sample_type = self.strings.get("alloc_space");
-        self.profile.time_nanos = self.meta.time_nanos;
-        self.profile.duration_nanos = self.meta.duration_nanos;
-        self.add_mappings();
-        for s in samples {
-            self.add_sample(s);
-        }
+    fn finish(mut self) -> Profile {
+        let comments = std::mem::take(&mut self.comments);
+        self.profile.comments = comments.iter().map(|c| self.strings.get(c)).collect();
         self.profile.string_table = std::mem::take(&mut self.strings.table);
         self.profile
     }
 
-    /// Mapping 1: the executable's Go text at run time; then the others.
-    fn add_mappings(&mut self) {
-        let bin = self.image.binary;
-        let bias = self.image.load_bias;
+    fn add_process(&mut self, index: usize, input: &Input<'_, 'b>) {
+        let exe = self.executable(input.image);
+        let mappings = self.add_mappings(input.image, self.exes[exe].sym.is_some());
+        let cur = Current {
+            index,
+            exe,
+            bias: input.image.load_bias,
+            mappings,
+            pid: input.pid,
+        };
+        for s in input.samples {
+            self.add_sample(&cur, s);
+        }
+    }
+
+    /// The executable of `image`, its symbols built on first use.
+    fn executable(&mut self, image: &ProcessImage<'b>) -> usize {
+        let bin = image.binary;
+        let ptr = std::ptr::from_ref(bin);
+        if let Some(&i) = self.exe_by_binary.get(&ptr) {
+            return i;
+        }
+        let identity = bin
+            .go_build_id()
+            .filter(|id| !id.is_empty())
+            .map(|id| (image.path.clone(), id));
+        if let Some(&i) = identity.as_ref().and_then(|k| self.exe_by_identity.get(k)) {
+            self.exe_by_binary.insert(ptr, i);
+            return i;
+        }
+        let sym = match Symbolizer::new(bin) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.comments
+                    .push(format!("frames of {} not symbolized: {e}", image.path));
+                None
+            }
+        };
+        let types = match TypeNames::new(bin) {
+            Ok(t) => Some(t),
+            Err(e) => {
+                self.comments
+                    .push(format!("types of {} not named: {e}", image.path));
+                None
+            }
+        };
+        let i = self.exes.len();
+        self.exes.push(Executable {
+            sym,
+            types,
+            frames: HashMap::new(),
+            type_names: HashMap::new(),
+        });
+        self.exe_by_binary.insert(ptr, i);
+        if let Some(k) = identity {
+            self.exe_by_identity.insert(k, i);
+        }
+        i
+    }
+
+    /// The process's mappings: first the executable's Go text at run time,
+    /// then the others. Ids are unique in the profile (index + 1).
+    fn add_mappings(
+        &mut self,
+        image: &ProcessImage<'_>,
+        symbolized: bool,
+    ) -> std::ops::Range<usize> {
+        let first_index = self.profile.mappings.len();
+        let bin = image.binary;
+        let bias = image.load_bias;
         let first = bin.functions_by_address().next();
         let last = bin.functions_by_address().last();
         let (start, limit, offset) = match (first, last) {
@@ -244,11 +390,10 @@ impl<'i, 'b> Builder<'i, 'b> {
             ),
             _ => (0, 0, 0),
         };
-        let symbolized = self.sym.is_some();
-        let filename = self.strings.get(&self.image.path);
+        let filename = self.strings.get(&image.path);
         let build_id = self.strings.get(&bin.go_build_id().unwrap_or_default());
         self.profile.mappings.push(Mapping {
-            id: 1,
+            id: first_index as u64 + 1,
             memory_start: start,
             memory_limit: limit,
             file_offset: offset,
@@ -259,7 +404,7 @@ impl<'i, 'b> Builder<'i, 'b> {
             has_line_numbers: symbolized,
             has_inline_frames: symbolized,
         });
-        for m in &self.image.other_mappings {
+        for m in &image.other_mappings {
             let id = self.profile.mappings.len() as u64 + 1;
             let filename = self.strings.get(&m.path);
             self.profile.mappings.push(Mapping {
@@ -275,49 +420,54 @@ impl<'i, 'b> Builder<'i, 'b> {
                 has_inline_frames: false,
             });
         }
+        first_index..self.profile.mappings.len()
     }
 
-    fn mapping_for(&self, addr: u64) -> u64 {
-        self.profile
-            .mappings
+    /// The scope of a run-time address: the process's mapping holding it.
+    fn scope_of(&self, cur: &Current, addr: u64) -> Scope {
+        self.profile.mappings[cur.mappings.clone()]
             .iter()
             .find(|m| m.memory_start <= addr && addr < m.memory_limit)
-            .map_or(0, |m| m.id)
+            .map_or(Scope::Unmapped(cur.index), |m| Scope::Mapping(m.id))
     }
 
-    /// The frames of a run-time return address (cached).
-    fn frames_of(&mut self, ret: u64) -> Option<Vec<Frame>> {
-        if let Some(f) = self.frames.get(&ret) {
+    /// The frames of a run-time return address (cached per executable).
+    fn frames_of(&mut self, cur: &Current, ret: u64) -> Option<Vec<Frame>> {
+        let exe = &mut self.exes[cur.exe];
+        let link = ret.wrapping_sub(cur.bias);
+        if let Some(f) = exe.frames.get(&link) {
             return f.clone();
         }
-        let frames = self.sym.as_ref().and_then(|s| {
-            s.frames_at_return(ret.wrapping_sub(self.image.load_bias))
-                .ok()
-        });
-        self.frames.insert(ret, frames.clone());
+        let frames = exe.sym.as_ref().and_then(|s| s.frames_at_return(link).ok());
+        exe.frames.insert(link, frames.clone());
         frames
     }
 
-    fn type_label(&mut self, addr: Option<u64>) -> String {
-        if let Some(l) = self.type_labels.get(&addr) {
-            return l.clone();
-        }
-        let label = match (addr, &self.types) {
-            (None, _) => UNTYPED.to_string(),
-            (Some(a), Some(t)) => match t.name(a.wrapping_sub(self.image.load_bias)) {
-                Ok(TypeName::Named(n)) => n,
-                Ok(TypeName::ReflectMade) => REFLECT_MADE.to_string(),
-                Err(_) => format!("unnamed type at {a:#x}"),
-            },
-            (Some(a), None) => format!("unnamed type at {a:#x}"),
+    fn type_label(&mut self, cur: &Current, addr: Option<u64>) -> String {
+        let Some(addr) = addr else {
+            return UNTYPED.to_string();
         };
-        self.type_labels.insert(addr, label.clone());
-        label
+        let exe = &mut self.exes[cur.exe];
+        let link = addr.wrapping_sub(cur.bias);
+        let name = exe.type_names.entry(link).or_insert_with(|| {
+            match exe.types.as_ref().map(|t| t.name(link)) {
+                Some(Ok(TypeName::Named(n))) => Some(n),
+                Some(Ok(TypeName::ReflectMade)) => Some(REFLECT_MADE.to_string()),
+                Some(Err(_)) | None => None,
+            }
+        });
+        // The run-time address, not the link-time one: what the process
+        // had, and what differs between processes.
+        name.clone()
+            .unwrap_or_else(|| format!("unnamed type at {addr:#x}"))
     }
 
-    fn add_sample(&mut self, s: &AllocSample) {
-        let expanded: Vec<(u64, Option<Vec<Frame>>)> =
-            s.pcs.iter().map(|&pc| (pc, self.frames_of(pc))).collect();
+    fn add_sample(&mut self, cur: &Current, s: &AllocSample) {
+        let expanded: Vec<(u64, Option<Vec<Frame>>)> = s
+            .pcs
+            .iter()
+            .map(|&pc| (pc, self.frames_of(cur, pc)))
+            .collect();
         // Trim the allocator: leading runtime pcs (by their innermost
         // function, as runtime.FuncForPC names a pc), unless all are.
         let skip = expanded
@@ -364,11 +514,11 @@ impl<'i, 'b> Builder<'i, 'b> {
                     Vec::new()
                 }
             };
-            location_ids.push(self.location_id(pc.wrapping_sub(1), lines));
+            location_ids.push(self.location_id(cur, pc.wrapping_sub(1), lines));
         }
         let (objects, bytes) = scale_heap_sample(s.count, s.size, self.meta.rate);
-        let type_name = self.type_label(s.type_addr);
-        let labels = vec![
+        let type_name = self.type_label(cur, s.type_addr);
+        let mut labels = vec![
             Label {
                 key: self.strings.get(TYPE_LABEL),
                 str: self.strings.get(&type_name),
@@ -376,12 +526,20 @@ impl<'i, 'b> Builder<'i, 'b> {
                 num_unit: 0,
             },
             Label {
-                key: self.strings.get("bytes"),
+                key: self.strings.get(SIZE_LABEL),
                 str: 0,
                 num: s.size as i64,
                 num_unit: 0,
             },
         ];
+        if let Some(pid) = cur.pid {
+            labels.push(Label {
+                key: self.strings.get(PID_LABEL),
+                str: 0,
+                num: i64::from(pid),
+                num_unit: 0,
+            });
+        }
         self.profile.samples.push(Sample {
             location_ids,
             values: vec![objects, bytes],
@@ -408,18 +566,22 @@ impl<'i, 'b> Builder<'i, 'b> {
         id
     }
 
-    fn location_id(&mut self, address: u64, lines: Vec<Line>) -> u64 {
-        let key = (address, lines);
+    fn location_id(&mut self, cur: &Current, address: u64, lines: Vec<Line>) -> u64 {
+        let scope = self.scope_of(cur, address);
+        let key = (scope, address, lines);
         if let Some(&id) = self.locations.get(&key) {
             return id;
         }
         let id = self.profile.locations.len() as u64 + 1;
-        let mapping_id = self.mapping_for(address);
+        let mapping_id = match scope {
+            Scope::Mapping(id) => id,
+            Scope::Unmapped(_) => 0,
+        };
         self.profile.locations.push(Location {
             id,
             mapping_id,
             address,
-            lines: key.1.clone(),
+            lines: key.2.clone(),
         });
         self.locations.insert(key, id);
         id
@@ -445,6 +607,205 @@ mod tests {
         );
         let (o, _) = scale_heap_sample(10, 16, 512 * 1024);
         assert_eq!(o, (10.0 / (1.0 - (-16.0f64 / 524_288.0).exp())) as i64);
+    }
+
+    /// A non-PIE and a PIE build of the same program from the fixtures
+    /// (`cargo xtask fixtures`): two executables, the second with a bias.
+    fn fixture_pair() -> (std::path::PathBuf, std::path::PathBuf) {
+        let dir = testutil::fixture_dir();
+        let mut labels: Vec<String> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e} (run `cargo xtask fixtures`)", dir.display()))
+            .filter_map(Result::ok)
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|l| l.starts_with("go") && !l.contains('-'))
+            .collect();
+        labels.sort();
+        labels
+            .iter()
+            .map(|l| {
+                (
+                    dir.join(l).join("fixture"),
+                    dir.join(format!("{l}-pie/fixture")),
+                )
+            })
+            .find(|(a, b)| a.is_file() && b.is_file())
+            .unwrap_or_else(|| panic!("no fixture pair in {}", dir.display()))
+    }
+
+    /// An allocation as the probe sees it: the allocator, then main.main
+    /// called from runtime.main.
+    fn stack(bin: &GoBinary, bias: u64) -> Vec<u64> {
+        let at = |name: &str, off: u64| bin.lookup(name).expect(name).entry + off + bias;
+        vec![
+            at("runtime.mallocgc", 0x20),
+            at("main.main", 0x10),
+            at("runtime.main", 0x10),
+        ]
+    }
+
+    fn samples(bin: &GoBinary, bias: u64) -> Vec<AllocSample> {
+        vec![
+            AllocSample {
+                pcs: stack(bin, bias),
+                type_addr: None,
+                size: 64,
+                count: 3,
+            },
+            AllocSample {
+                pcs: stack(bin, bias)[1..].to_vec(),
+                type_addr: Some(0x10),
+                size: 16,
+                count: 1,
+            },
+        ]
+    }
+
+    fn meta() -> ProfileMeta {
+        ProfileMeta {
+            rate: 1,
+            time_nanos: 1,
+            duration_nanos: 1,
+            comments: vec![],
+        }
+    }
+
+    fn label(p: &Profile, s: &Sample, key: &str) -> Option<i64> {
+        s.labels
+            .iter()
+            .find(|l| p.string_table[l.key as usize] == key)
+            .map(|l| l.num)
+    }
+
+    #[test]
+    fn several_processes_in_one_profile() {
+        let (plain, pie) = fixture_pair();
+        let a = GoBinary::open(&plain).expect("non-PIE fixture");
+        // The same file opened again: a different GoBinary, same symbols.
+        let a_again = GoBinary::open(&plain).expect("non-PIE fixture");
+        let b = GoBinary::open(&pie).expect("PIE fixture");
+        let bias = 0x5555_0000_0000;
+        let image = |bin, bias, path: &std::path::Path| ProcessImage {
+            binary: bin,
+            path: path.display().to_string(),
+            load_bias: bias,
+            other_mappings: vec![OtherMapping {
+                start: 0x7f00_0000_0000,
+                limit: 0x7f00_0010_0000,
+                file_offset: 0,
+                path: "/usr/lib/libfake.so".into(),
+            }],
+        };
+        // Two processes of one non-PIE executable (same addresses) and one
+        // of another executable.
+        let procs = [
+            ProcessSamples {
+                pid: 101,
+                image: image(&a, 0, &plain),
+                samples: samples(&a, 0),
+            },
+            ProcessSamples {
+                pid: 202,
+                image: image(&a_again, 0, &plain),
+                samples: samples(&a, 0),
+            },
+            ProcessSamples {
+                pid: 303,
+                image: image(&b, bias, &pie),
+                samples: samples(&b, bias),
+            },
+        ];
+        let p = build_many(&procs, &meta());
+
+        // Mappings: two per process, ids unique.
+        assert_eq!(p.mappings.len(), 6);
+        let ids: std::collections::HashSet<u64> = p.mappings.iter().map(|m| m.id).collect();
+        assert_eq!(ids.len(), 6);
+        // Every sample is labelled with its pid; its locations are in its
+        // own process's mappings, never shared with another process.
+        assert_eq!(p.samples.len(), 6);
+        let pid_of = |s: &Sample| label(&p, s, PID_LABEL).expect("pid label");
+        let mut seen: HashMap<u64, i64> = HashMap::new();
+        for (i, s) in p.samples.iter().enumerate() {
+            let pid = pid_of(s);
+            assert_eq!(pid, [101, 202, 303][i / 2]);
+            assert_eq!(label(&p, s, SIZE_LABEL), Some([64, 16][i % 2]));
+            let own = [1..=2, 3..=4, 5..=6][i / 2].clone();
+            for id in &s.location_ids {
+                let loc = &p.locations[*id as usize - 1];
+                assert!(own.contains(&loc.mapping_id), "{loc:?} of pid {pid}");
+                assert_eq!(*seen.entry(*id).or_insert(pid), pid, "shared {loc:?}");
+            }
+        }
+        // Within a process a location is shared by its samples (the first
+        // has the allocator on top, trimmed).
+        assert_eq!(p.samples[0].location_ids, p.samples[1].location_ids);
+        // The same functions, once each: pid 101 and 202 name the same ones.
+        let funcs = |s: &Sample| -> Vec<u64> {
+            s.location_ids
+                .iter()
+                .flat_map(|id| p.locations[*id as usize - 1].lines.iter())
+                .map(|l| l.function_id)
+                .collect()
+        };
+        assert!(!funcs(&p.samples[0]).is_empty());
+        assert_eq!(funcs(&p.samples[0]), funcs(&p.samples[2]));
+        let keys: std::collections::HashSet<_> = p
+            .functions
+            .iter()
+            .map(|f| (f.name, f.filename, f.start_line))
+            .collect();
+        assert_eq!(keys.len(), p.functions.len());
+        // The allocator is trimmed in every process.
+        for s in &p.samples {
+            let first = &p.locations[s.location_ids[0] as usize - 1];
+            let f = &p.functions[first.lines[0].function_id as usize - 1];
+            assert_eq!(p.string_table[f.name as usize], "main.main");
+        }
+        // One executable is symbolized once: the same GoBinary, or the same
+        // file opened again (same path and Go build id).
+        let meta = meta();
+        let executables = |procs: &[ProcessSamples<'_>]| {
+            let mut builder = Builder::new(&meta);
+            for (i, proc) in procs.iter().enumerate() {
+                let input = Input {
+                    pid: Some(proc.pid),
+                    image: &proc.image,
+                    samples: &proc.samples,
+                };
+                builder.add_process(i, &input);
+            }
+            builder.exes.len()
+        };
+        let shared = [
+            ProcessSamples {
+                pid: 1,
+                image: image(&a, 0, &plain),
+                samples: vec![],
+            },
+            ProcessSamples {
+                pid: 2,
+                image: image(&a, 0, &plain),
+                samples: vec![],
+            },
+        ];
+        assert_eq!(executables(&shared), 1);
+        // Without a build id a reopened file cannot be told from another
+        // one at the same path (replaced on disk): symbolized again.
+        let reopened = if a.go_build_id().is_some() { 2 } else { 3 };
+        assert_eq!(executables(&procs), reopened);
+
+        // One process: as before, no pid label.
+        let one = build(&procs[2].image, &procs[2].samples, &meta);
+        assert_eq!(one.samples.len(), 2);
+        assert_eq!(one.mappings.len(), 2);
+        assert!(
+            one.samples
+                .iter()
+                .all(|s| label(&one, s, PID_LABEL).is_none())
+        );
+        let mut gz = Vec::new();
+        write_gzipped_many(&procs, &meta, &mut gz).expect("write");
+        assert_eq!(&gz[..2], [0x1f, 0x8b]);
     }
 
     #[test]

@@ -348,6 +348,11 @@ impl GoBinary {
         self.elf.is_pie()
     }
 
+    /// The loadable segments (to find the load bias in a process).
+    pub fn load_segments(&self) -> impl Iterator<Item = &elf::Segment> {
+        self.elf.load_segments()
+    }
+
     /// The raw file bytes.
     pub fn data(&self) -> &[u8] {
         &self.data

@@ -101,7 +101,9 @@ fn go_build_id_note(notes: &[u8]) -> Option<String> {
         let desc_at = name_at + u64::from(namesz).next_multiple_of(4);
         let name = slice(notes, name_at, u64::from(namesz))?;
         let desc = slice(notes, desc_at, u64::from(descsz))?;
-        if kind == NOTE_GOBUILDID && name == b"Go\0" {
+        // Go's linker pads the name to 4 bytes inside namesz ("Go\0\0").
+        let name = name.strip_suffix(b"\0\0").or(name.strip_suffix(b"\0"));
+        if kind == NOTE_GOBUILDID && name == Some(b"Go".as_slice()) {
             if desc.len() > MAX_BUILD_ID {
                 return None;
             }
@@ -133,6 +135,10 @@ mod tests {
         let mut n = note(b"GNU\0", 3, b"abcdefgh");
         n.extend(note(b"Go\0", 4, b"xyz/abc"));
         assert_eq!(go_build_id_note(&n).as_deref(), Some("xyz/abc"));
+        // As Go's linker writes it: namesz 4.
+        let n = note(b"Go\0\0", 4, b"xyz/abc");
+        assert_eq!(go_build_id_note(&n).as_deref(), Some("xyz/abc"));
+        assert_eq!(go_build_id_note(&note(b"Gox\0", 4, b"x")), None);
         assert_eq!(go_build_id_note(&note(b"Go\0", 1, b"x")), None);
         for cut in 0..n.len() {
             let _ = go_build_id_note(&n[..cut]);

@@ -211,6 +211,12 @@ pub fn process_load_bias(pid: u32, segments: &[Segment], pie: bool) -> Result<u6
     load_bias(&parse_maps(&text)?, &exe, segments, pie)
 }
 
+/// The load bias of process `pid` running `bin`.
+pub fn binary_load_bias(pid: u32, bin: &crate::GoBinary) -> Result<u64, MapsError> {
+    let segments: Vec<Segment> = bin.load_segments().copied().collect();
+    process_load_bias(pid, &segments, bin.is_pie())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
