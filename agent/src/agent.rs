@@ -113,13 +113,16 @@ async fn readyz(State(http): State<Http>) -> impl IntoResponse {
 pub async fn run(opts: AgentOptions) -> Result<()> {
     let mut engine = Engine::load()?;
     let mut events = ProcessEvents::start(&mut engine)?;
-    let registry = Arc::new(Mutex::new(Registry::new(
-        engine,
-        opts.plan,
-        Scope::AllGo,
-        opts.exact.clone(),
-        opts.detach_grace,
-    )));
+    let registry = Arc::new(Mutex::new(
+        Registry::new(
+            engine,
+            opts.plan,
+            Scope::AllGo,
+            opts.exact.clone(),
+            opts.detach_grace,
+        )
+        .defer_attach(),
+    ));
     // Metrics without pod names beat no metrics: the API server is asked in
     // the background, and again until it answers.
     tokio::spawn(pod_metadata(registry.clone()));
@@ -175,8 +178,8 @@ pub async fn run(opts: AgentOptions) -> Result<()> {
                     for ev in batch.iter().filter(|ev| ev.kind == EVENT_EXEC) {
                         classifier.warm(ev.tgid);
                     }
-                    let mut r = lock(&registry);
-                    batch.iter().try_for_each(|ev| r.on_event(ev))
+                    lock(&registry).on_event_batch(&batch)?;
+                    attach_pending(&registry)
                 })
                 .await?;
             }
@@ -223,9 +226,20 @@ async fn sweep(registry: &Arc<Mutex<Registry>>, classifier: &Classifier) -> Resu
         for pid in procfs::all_pids().unwrap_or_default() {
             classifier.warm(pid);
         }
-        lock(&registry).sweep()
+        lock(&registry).sweep()?;
+        attach_pending(&registry)
     })
     .await
+}
+
+/// Attaches the chosen processes' probes one process per lock: a scrape
+/// waits for one attachment at most, not for a burst of new processes.
+fn attach_pending(registry: &Mutex<Registry>) -> Result<(), crate::ebpf::EngineError> {
+    while lock(registry).attach_pending_one()? {
+        // Let a waiting scrape in (the lock is not fair).
+        std::thread::yield_now();
+    }
+    Ok(())
 }
 
 /// Runs registry work (/proc reads, ELF parsing, uprobe attach) on the

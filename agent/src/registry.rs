@@ -9,7 +9,7 @@
 //! [`ProcessSnapshot`]s and the final figures of processes that exited.
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet, VecDeque},
     sync::Arc,
     time::Duration,
 };
@@ -147,6 +147,12 @@ pub struct Registry {
     /// File versions that cannot be read at all (corrupt, unreadable):
     /// their processes are not tracked (counted once in `attach_errors`).
     unreadable: HashSet<FileStamp>,
+    /// Attach chosen processes' probes later, one process per call of
+    /// [`Registry::attach_pending_one`] (the agent: its lock is not held
+    /// for a whole batch of attachments).
+    defer_attach: bool,
+    /// Chosen processes whose probes are still to attach (deferred).
+    pending: VecDeque<u32>,
     pub stats: RegistryStats,
 }
 
@@ -170,8 +176,46 @@ impl Registry {
             inaccessible: HashMap::new(),
             failed: HashSet::new(),
             unreadable: HashSet::new(),
+            defer_attach: false,
+            pending: VecDeque::new(),
             stats: RegistryStats::default(),
         }
+    }
+
+    /// Chosen processes get their probes from [`Registry::attach_pending_one`]
+    /// instead of at once: a caller that shares the registry behind a lock
+    /// takes it for one process's attachment at a time, so scrapes are not
+    /// held up by a burst of new processes.
+    pub fn defer_attach(mut self) -> Registry {
+        self.defer_attach = true;
+        self
+    }
+
+    /// Attaches the probes of one chosen process (deferred). Returns whether
+    /// more are waiting.
+    pub fn attach_pending_one(&mut self) -> Result<bool, EngineError> {
+        let Some(pid) = self.pending.pop_front() else {
+            return Ok(false);
+        };
+        if let Some(mut t) = self.processes.remove(&pid) {
+            let mut result = Ok(());
+            if !t.probed && t.exact_off.is_none() && self.chosen(&t) {
+                // Only if it still runs the file classified.
+                if let Ok(exe) = procfs::open_exe(pid)
+                    && FileStamp::of_file(exe.file()).is_ok_and(|s| s == t.stamp)
+                {
+                    result = self.attach_probes(&mut t, exe.path(), false).map(|_| ());
+                }
+            }
+            self.processes.insert(pid, t);
+            result?;
+        }
+        Ok(!self.pending.is_empty())
+    }
+
+    /// Chosen processes waiting for their probes (deferred attachment).
+    pub fn pending_attachments(&self) -> usize {
+        self.pending.len()
     }
 
     /// Pod metadata became available (the API server answered).
@@ -324,6 +368,12 @@ impl Registry {
         path: &std::path::Path,
     ) -> Result<(), EngineError> {
         if t.probed || t.exact_off.is_some() || !self.chosen(t) {
+            return Ok(());
+        }
+        if self.defer_attach {
+            if !self.pending.contains(&t.info.pid) {
+                self.pending.push_back(t.info.pid);
+            }
             return Ok(());
         }
         self.attach_probes(t, path, false).map(|_| ())
@@ -545,6 +595,11 @@ impl Registry {
             _ => {}
         }
         Ok(())
+    }
+
+    /// Handles a batch of exec/exit events.
+    pub fn on_event_batch(&mut self, batch: &[ProcEvent]) -> Result<(), EngineError> {
+        batch.iter().try_for_each(|ev| self.on_event(ev))
     }
 
     /// Reconciles with /proc: the safety net for missed events and the way

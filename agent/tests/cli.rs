@@ -107,6 +107,33 @@ fn inspect_shows_the_plan() {
     assert!(stdout.contains("runtime.memstats"), "{stdout}");
 }
 
+/// Debian's Go 1.19: every probe on an emulated instruction (the kernel
+/// single-steps the `sub rsp` after the stack check): mallocgc's `nop` with
+/// its arguments in place, the goroutine probes further on their
+/// straight-line blocks.
+#[test]
+fn inspect_go1_19_has_only_emulated_sites() {
+    for label in ["go1.19.8", "go1.19.8-pie"] {
+        let v = variant(label);
+        let (code, stdout, stderr) = goalloc(&["inspect", v.program("fixture").to_str().unwrap()]);
+        assert_eq!(code, 0, "{stderr}");
+        let rows: Vec<&str> = stdout
+            .lines()
+            .skip_while(|l| !l.starts_with("FUNCTION"))
+            .skip(1)
+            .collect();
+        assert_eq!(rows.len(), 3, "{stdout}");
+        for row in &rows {
+            assert!(row.contains(" emulated "), "{label}: {row}\n{stdout}");
+        }
+        let mallocgc = rows
+            .iter()
+            .find(|r| r.starts_with("runtime.mallocgc"))
+            .unwrap();
+        assert!(mallocgc.trim_end().ends_with(" nop"), "{mallocgc}");
+    }
+}
+
 /// `goalloc watch --pid` on the fixture: JSON rows while it runs, its totals
 /// once it exits, then goalloc exits 0 by itself.
 #[test]

@@ -394,6 +394,25 @@ fn probe(
             "after the stack check (emulated): arguments in their registers, return address at [sp]"
                 .to_string()
         }
+        // The goroutine probes read nothing but the hit: any straight-line
+        // instruction on the way will do.
+        Placement::AfterStackCheck if site.kind == SITE_GOROUTINE => {
+            match site::find_emulated_counting(bin.arch(), code, offset) {
+                Ok(found) => {
+                    let reason = format!(
+                        "moved past `{}` to the emulated `{}` (the probe reads no argument; \
+                         straight-line, no branch into it: once per call)",
+                        found.skipped.join("; "),
+                        found.instruction,
+                    );
+                    offset = found.offset;
+                    instruction = found.instruction;
+                    emulated = true;
+                    reason
+                }
+                Err(why) => format!("after the stack check, single-stepped: {why}"),
+            }
+        }
         // Only the register ABI: with the stack ABI the arguments are read
         // relative to the stack pointer, which the walk would move.
         Placement::AfterStackCheck if site.abi != ABI_REGISTER => {

@@ -26,7 +26,7 @@
 //! it runs exactly once per call. Anything else is a refusal with its reason,
 //! and the caller keeps the original site. Never a guess.
 
-use iced_x86::{Code, Decoder, DecoderOptions, Instruction, OpKind, Register};
+use iced_x86::{Code, Decoder, DecoderOptions, FlowControl, Instruction, OpKind, Register};
 
 use crate::{
     binary::Arch,
@@ -119,6 +119,64 @@ pub fn find_emulated(arch: Arch, code: &[u8], start: u64) -> Result<EmulatedSite
     }
     Err(refuse(format!(
         "no emulated instruction in the {MAX_WALK} instructions after the stack check"
+    )))
+}
+
+/// Longest run of instructions walked past by [`find_emulated_counting`].
+const MAX_COUNTING_WALK: usize = 24;
+
+/// Like [`find_emulated`], for a probe that reads nothing at its site (it
+/// only counts the hit): any instruction that always falls through to the
+/// next may be passed, whatever it writes. Still exactly once per call:
+/// straight-line from `start`, and no branch of the function lands in
+/// between.
+pub fn find_emulated_counting(
+    arch: Arch,
+    code: &[u8],
+    start: u64,
+) -> Result<EmulatedSite, Refusal> {
+    if arch != Arch::X86_64 {
+        return Err(refuse("only amd64 sites are moved"));
+    }
+    let tail = code
+        .get(start as usize..)
+        .ok_or_else(|| refuse("the site is past the end of the function"))?;
+    let mut decoder = Decoder::with_ip(64, tail, start, DecoderOptions::NONE);
+    let mut skipped = Vec::new();
+    let mut insn = Instruction::default();
+    for _ in 0..MAX_COUNTING_WALK {
+        if !decoder.can_decode() {
+            return Err(refuse("the function ends before an emulated instruction"));
+        }
+        decoder.decode_out(&mut insn);
+        if insn.is_invalid() {
+            return Err(refuse(format!("undecodable bytes at +{:#x}", insn.ip())));
+        }
+        let at = insn.ip() as usize;
+        let bytes = &code[at..at + insn.len()];
+        if kernel_emulates(arch, bytes) {
+            check_no_branch_into(code, start, insn.ip())?;
+            return Ok(EmulatedSite {
+                offset: insn.ip(),
+                instruction: text(&insn),
+                // Nothing is read at the site: where the stack and frame
+                // are does not matter.
+                stack_moved: 0,
+                frame_set: false,
+                skipped,
+            });
+        }
+        if insn.flow_control() != FlowControl::Next {
+            return Err(refuse(format!(
+                "`{}` at +{:#x} does not fall through",
+                text(&insn),
+                insn.ip()
+            )));
+        }
+        skipped.push(text(&insn));
+    }
+    Err(refuse(format!(
+        "no emulated instruction in the {MAX_COUNTING_WALK} instructions after the stack check"
     )))
 }
 
@@ -270,6 +328,28 @@ mod tests {
         let site = find_emulated(Arch::X86_64, &code, 0).unwrap();
         assert_eq!((site.offset, site.stack_moved), (0, 0));
         assert!(!site.frame_set);
+    }
+
+    #[test]
+    fn counting_probes_pass_any_straight_line() {
+        // sub rsp; mov [rsp+8], rbp; lea rbp; mov rdx, [r14+0x30]; test rax, rax; je
+        let code = [
+            0x48, 0x83, 0xec, 0x18, 0x48, 0x89, 0x6c, 0x24, 0x10, 0x48, 0x8d, 0x6c, 0x24, 0x10,
+            0x49, 0x8b, 0x56, 0x30, 0x48, 0x85, 0xc0, 0x74, 0x00, 0xc3,
+        ];
+        let site = find_emulated_counting(Arch::X86_64, &code, 0).unwrap();
+        assert_eq!((site.offset, site.skipped.len()), (21, 5), "{site:?}");
+        assert!(site.instruction.starts_with("je"), "{site:?}");
+        // The argument walk refuses the same code.
+        assert!(find_emulated(Arch::X86_64, &code, 0).is_err());
+        // A call on the way: refused (control leaves the block).
+        let code = [0x48, 0x83, 0xec, 0x18, 0xff, 0xd0, 0x90];
+        let e = find_emulated_counting(Arch::X86_64, &code, 0).unwrap_err();
+        assert!(e.0.contains("does not fall through"), "{e}");
+        // A branch into the block.
+        let code = [0x48, 0x83, 0xec, 0x18, 0x48, 0x85, 0xc0, 0x90, 0xeb, 0xf9];
+        let e = find_emulated_counting(Arch::X86_64, &code, 0).unwrap_err();
+        assert!(e.0.contains("branches into"), "{e}");
     }
 
     #[test]

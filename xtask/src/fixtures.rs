@@ -53,6 +53,10 @@ const EXPERIMENTS: &[(&str, &str)] = &[
     ("1.27.", "nosizespecializedmalloc"),
 ];
 
+/// The programs built in every cell of the matrix: `fixture` (exactness) and
+/// `sites` (profile shares).
+const EVERY_CELL: &[&str] = &["fixture", "sites"];
+
 /// The variants built by default: (Go version, GOEXPERIMENT, flavour).
 const DEFAULT_MATRIX: &[(&str, Option<&str>, &str)] = &[
     ("1.21.13", None, "default"),
@@ -186,11 +190,15 @@ pub fn fixtures(ctx: &Ctx) -> Result<()> {
     let programs = programs(ctx)?;
     for v in &variants {
         let mut built = Vec::new();
-        // The matrix cells beyond the default three only need the fixture.
+        // The matrix cells beyond the default three only need the programs
+        // the whole-matrix tests run.
         let primary = DEFAULT_MATRIX.iter().any(|&(version, exp, fl)| {
             version == v.go_version && exp == v.goexperiment && fl == v.flavour.name
         });
-        for program in programs.iter().filter(|p| primary || *p == "fixture") {
+        for program in programs
+            .iter()
+            .filter(|p| primary || EVERY_CELL.contains(&p.as_str()))
+        {
             if build(ctx, v, program)?.1 {
                 built.push(program.as_str());
             }
