@@ -544,17 +544,41 @@ impl Collector for RegistryCollector {
                 "Process exec/exit events dropped because the ring buffer was full.",
                 c.get(Counter::EventsLost),
             )?;
+            single(
+                &mut enc,
+                "goalloc_profile_samples",
+                "Allocations sampled for profiles (goalloc profile, /debug/pprof/allocs).",
+                c.get(Counter::ProfileSamples),
+            )?;
+            single(
+                &mut enc,
+                "goalloc_profile_samples_dropped",
+                "Profile samples dropped because the kernel's sampled-stack table was full.",
+                c.get(Counter::ProfileStacksFull),
+            )?;
+            single(
+                &mut enc,
+                "goalloc_profile_stacks_truncated",
+                "Profile samples whose stack was deeper than the frames kept (cut there).",
+                c.get(Counter::ProfileStacksTruncated),
+            )?;
             let mut family = enc.encode_descriptor(
                 "goalloc_probe_hits",
                 "Probe hits in the kernel, by outcome.",
                 None,
                 MetricType::Counter,
             )?;
-            // The two above have metrics of their own.
-            for counter in Counter::ALL
-                .into_iter()
-                .filter(|c| !matches!(c, Counter::StatsMapFull | Counter::EventsLost))
-            {
+            // The ones above have metrics of their own.
+            for counter in Counter::ALL.into_iter().filter(|c| {
+                !matches!(
+                    c,
+                    Counter::StatsMapFull
+                        | Counter::EventsLost
+                        | Counter::ProfileSamples
+                        | Counter::ProfileStacksFull
+                        | Counter::ProfileStacksTruncated
+                )
+            }) {
                 ConstCounter::new(c.get(counter))
                     .encode(family.encode_family(&[("probe", counter.name())])?)?;
             }
