@@ -103,7 +103,7 @@ enum Command {
     /// (`go tool pprof`) of call stacks and Go types.
     Profile {
         /// Process to profile (repeatable).
-        #[arg(long = "pid", value_name = "PID", required = true)]
+        #[arg(long = "pid", value_name = "PID")]
         pids: Vec<u32>,
         /// How long to sample (it costs each process about a microsecond
         /// per allocation meanwhile).
@@ -141,11 +141,20 @@ fn main() -> ExitCode {
         Err(e) if !e.use_stderr() => e.exit(), // --help, --version
         Err(e) => {
             // One line, like every other error; `--help` has the details.
+            // Clap lists missing arguments on the lines after the first:
+            // those belong in the line too.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or_default();
+            let mut lines = text.lines();
+            let mut line = lines.next().unwrap_or_default().to_string();
+            if e.kind() == clap::error::ErrorKind::MissingRequiredArgument {
+                for more in lines.take_while(|l| !l.trim().is_empty() && !l.starts_with("Usage")) {
+                    line.push(' ');
+                    line.push_str(more.trim());
+                }
+            }
             eprintln!(
                 "goalloc: error: {} (see goalloc --help)",
-                first.trim_start_matches("error: ").trim()
+                line.trim_start_matches("error: ").trim()
             );
             return ExitCode::from(2);
         }

@@ -10,12 +10,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{GOALLOC, Variant, require_bpf, variants};
+use common::{GOALLOC, Sites, Variant, require_bpf, variants};
 
 /// The flavours checked; cgo and stripped-PIE add nothing the profile path
 /// does not already meet in these.
@@ -31,50 +30,6 @@ struct Site {
     type_label: String,
     /// Percent of the fixture's requested bytes.
     share: f64,
-}
-
-/// The running fixture, killed when dropped (also when a check panics).
-struct Fixture {
-    child: Child,
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the `sites` fixture and reads its self-description (up to the
-/// `loop` line, printed before it starts allocating).
-fn start(program: &Path) -> (Fixture, u32, Vec<Site>) {
-    let mut child = Command::new(program)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
-    let stdout = child.stdout.take().unwrap();
-    let fixture = Fixture { child };
-    let (mut pid, mut sites) = (None, Vec::new());
-    for line in BufReader::new(stdout).lines() {
-        let line = line.expect("fixture stdout");
-        let words: Vec<&str> = line.split_whitespace().collect();
-        match words.as_slice() {
-            ["ready", p] => pid = Some(p.parse::<u32>().expect("pid")),
-            ["site", func, typ, share] => sites.push(Site {
-                func: func.to_string(),
-                type_label: typ.to_string(),
-                share: 100.0 * share.parse::<f64>().expect("share"),
-            }),
-            ["loop"] => break,
-            _ => panic!("unexpected fixture line {line:?}"),
-        }
-    }
-    let pid = pid.expect("no ready line from the fixture");
-    assert_eq!(pid, fixture.child.id(), "the fixture's own pid");
-    assert!(!sites.is_empty(), "no site lines from the fixture");
-    (fixture, pid, sites)
 }
 
 /// `variant.json` of a cell: its flavour and the `go` that built it.
@@ -177,7 +132,18 @@ fn check_cell(v: &Variant, go: &Path, out_dir: &Path) -> Outcome {
         ));
         return o;
     }
-    let (fixture, pid, sites) = start(&program);
+    // Killed when dropped (also when a check panics).
+    let fixture = Sites::start(v);
+    let pid = fixture.pid;
+    let sites: Vec<Site> = fixture
+        .sites
+        .iter()
+        .map(|(func, typ, share)| Site {
+            func: func.clone(),
+            type_label: typ.clone(),
+            share: 100.0 * share,
+        })
+        .collect();
     let out = out_dir.join(format!("{}.pb.gz", v.label));
     let profiled = run_for(
         Command::new(GOALLOC)

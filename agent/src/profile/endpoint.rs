@@ -28,14 +28,18 @@ use crate::registry::Registry;
 pub const MAX_SECONDS: u64 = 120;
 /// When `seconds` is not given (as net/http/pprof).
 pub const DEFAULT_SECONDS: u64 = 30;
+/// Samples are taken out of the kernel table this often.
 const DRAIN_EVERY: Duration = Duration::from_secs(1);
+/// Whether the process still runs is checked this often (the exit time goes
+/// into the profile).
+const ALIVE_EVERY: Duration = Duration::from_millis(100);
 
 /// What the endpoint shares with the agent.
 #[derive(Clone)]
 pub struct Profiling {
     registry: Arc<Mutex<Registry>>,
-    /// Processes being profiled now.
-    busy: Arc<Mutex<HashSet<u32>>>,
+    /// Processes being profiled now, and when their profile ends.
+    busy: Arc<Mutex<HashMap<u32, std::time::Instant>>>,
     /// `--profiling` was given.
     enabled: bool,
 }
@@ -194,14 +198,21 @@ pub async fn allocs(State(p): State<Profiling>, RawQuery(raw): RawQuery) -> Resp
 
 async fn profile(p: Profiling, req: &Request) -> Result<Vec<u8>, Refusal> {
     let pid = req.pid;
-    if !lock(&p.busy).insert(pid) {
-        return Err(Refusal {
-            status: StatusCode::TOO_MANY_REQUESTS,
-            message: format!(
-                "pid {pid} is being profiled already: one profile at a time per process"
-            ),
-            retry_after: Some(req.seconds),
-        });
+    {
+        let mut busy = lock(&p.busy);
+        let now = std::time::Instant::now();
+        if let Some(ends) = busy.get(&pid) {
+            let left = ends.saturating_duration_since(now).as_secs() + 1;
+            return Err(Refusal {
+                status: StatusCode::TOO_MANY_REQUESTS,
+                message: format!(
+                    "pid {pid} is being profiled already (for {left} s more): one profile at a \
+                     time per process"
+                ),
+                retry_after: Some(left),
+            });
+        }
+        busy.insert(pid, now + Duration::from_secs(req.seconds));
     }
     // From here the session ends the profile, even if the client hangs up.
     let session = Session {
@@ -230,16 +241,26 @@ async fn profile(p: Profiling, req: &Request) -> Result<Vec<u8>, Refusal> {
     };
     let pids = HashSet::from([pid]);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.seconds);
+    let mut last_drain = tokio::time::Instant::now();
     loop {
-        let next = (tokio::time::Instant::now() + DRAIN_EVERY).min(deadline);
+        let next = (tokio::time::Instant::now() + ALIVE_EVERY).min(deadline);
         tokio::time::sleep_until(next).await;
+        let drain = next >= deadline || next.duration_since(last_drain) >= DRAIN_EVERY;
         let (taken, alive) = {
             let mut r = lock(&p.registry);
-            (r.engine_mut().take_samples(&pids), r.tracks(pid))
+            let alive = r.tracks(pid);
+            let taken = (drain || !alive).then(|| r.engine_mut().take_samples(&pids));
+            (taken, alive)
         };
         match taken {
-            Ok(t) => collector.absorb(t),
-            Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
+            Some(Ok(t)) => {
+                collector.absorb(t);
+                last_drain = next;
+            }
+            Some(Err(e)) => {
+                return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
+            }
+            None => {}
         }
         if !alive {
             collector.mark_exited(pid);

@@ -792,3 +792,207 @@ pub fn parse_stop_stats(stdout: &str) -> Vec<StopStats> {
         })
         .collect()
 }
+
+// ---------------------------------------------------------------------------
+// Allocation profiles (profile_endpoint.rs, profile_cli.rs).
+
+/// The `sites` fixture (tests/go/sites) running: allocates steadily at four
+/// known call sites until killed; killed (and reaped) when dropped.
+pub struct Sites {
+    pub child: std::process::Child,
+    pub pid: u32,
+    pub program: PathBuf,
+    /// `site <function> <type> <share>` lines: (function, type label, share).
+    pub sites: Vec<(String, String, f64)>,
+}
+
+impl Sites {
+    /// Starts `sites` of a fixture variant and reads its self-description
+    /// (up to `loop`, printed when it starts allocating).
+    pub fn start(variant: &Variant) -> Sites {
+        use std::io::BufRead;
+        let program = variant.program("sites");
+        assert!(
+            program.is_file(),
+            "no sites fixture in {}: run `cargo xtask fixtures`",
+            variant.dir.display()
+        );
+        let mut child = Command::new(&program)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+        let pid = child.id();
+        let stdout = child.stdout.take().unwrap();
+        // Killed if a check below panics.
+        let mut s = Sites {
+            child,
+            pid,
+            program,
+            sites: Vec::new(),
+        };
+        let mut lines = std::io::BufReader::new(stdout).lines();
+        for line in lines.by_ref() {
+            let line = line.expect("sites stdout");
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["ready", p] => assert_eq!(p.parse::<u32>().ok(), Some(pid), "{line}"),
+                ["site", func, typ, share] => {
+                    s.sites
+                        .push((func.to_string(), typ.to_string(), share.parse().unwrap()))
+                }
+                ["loop"] => break,
+                _ => panic!("unexpected sites line {line:?}"),
+            }
+        }
+        assert!(
+            !s.sites.is_empty(),
+            "no site lines from {}",
+            s.program.display()
+        );
+        // Nothing more is expected; whatever comes is read, so the fixture
+        // never writes to a closed pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        s
+    }
+
+    /// SIGKILL and reap: the process is gone (not a zombie) on return.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sites {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Where the allocation probes of an executable go, to see them in a
+/// process: a uprobe is a breakpoint written into the process's own copy
+/// of the code page (and the original instruction put back when it is
+/// removed), so a planned site whose byte in the process's memory differs
+/// from the file's carries a uprobe, whoever put it there.
+pub struct ProbeSites {
+    exe: PathBuf,
+    /// (file offset, the byte there in the file).
+    sites: Vec<(u64, u8)>,
+}
+
+impl ProbeSites {
+    pub fn of(exe: &std::path::Path) -> ProbeSites {
+        let data = std::fs::read(exe).unwrap_or_else(|e| panic!("{}: {e}", exe.display()));
+        let sites: Vec<(u64, u8)> = planned_offsets(exe)
+            .into_iter()
+            .map(|o| (o, data[o as usize]))
+            .collect();
+        assert!(
+            !sites.is_empty(),
+            "no probe sites planned in {}",
+            exe.display()
+        );
+        ProbeSites {
+            exe: std::fs::canonicalize(exe).unwrap(),
+            sites,
+        }
+    }
+
+    /// Planned sites that carry a breakpoint in `pid`; `None` when `pid`
+    /// has exited or no longer maps the executable.
+    pub fn installed(&self, pid: u32) -> Option<usize> {
+        use std::io::{Seek, SeekFrom};
+        let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+        let exe = self.exe.to_str().unwrap();
+        // (start, end, file offset) of the executable's mappings.
+        let mappings: Vec<(u64, u64, u64)> = maps
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                if f.len() < 6 || f[5..].join(" ") != exe {
+                    return None;
+                }
+                let (start, end) = f[0].split_once('-')?;
+                Some((
+                    u64::from_str_radix(start, 16).ok()?,
+                    u64::from_str_radix(end, 16).ok()?,
+                    u64::from_str_radix(f[2], 16).ok()?,
+                ))
+            })
+            .collect();
+        let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).ok()?;
+        let mut n = 0;
+        for &(offset, original) in &self.sites {
+            let addr = mappings
+                .iter()
+                .find(|(start, end, off)| offset >= *off && offset - off < end - start)
+                .map(|(start, _, off)| start + (offset - off))?;
+            let mut b = [0u8];
+            mem.seek(SeekFrom::Start(addr)).ok()?;
+            mem.read_exact(&mut b).ok()?;
+            n += usize::from(b[0] != original);
+        }
+        Some(n)
+    }
+
+    /// Number of planned sites.
+    pub fn len(&self) -> usize {
+        self.sites.len()
+    }
+}
+
+/// Polls `cond` every 50 ms for up to `limit`; whether it became true.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let start = std::time::Instant::now();
+    loop {
+        if cond() {
+            return true;
+        }
+        if start.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `go tool pprof ARGS FILE` of the newest toolchain: stdout, or a panic
+/// with stderr.
+pub fn go_pprof(file: &std::path::Path, args: &[&str]) -> String {
+    let newest = testutil::newest().expect("a Go toolchain for go tool pprof");
+    let out = testutil::go_command(&newest.go)
+        .args(["tool", "pprof"])
+        .args(args)
+        .arg(file)
+        .stdin(Stdio::null())
+        .output()
+        .expect("go tool pprof");
+    assert!(
+        out.status.success(),
+        "go tool pprof {args:?} {}: {}",
+        file.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The functions of `go tool pprof -top` rows, in order.
+pub fn pprof_top_functions(top: &str) -> Vec<String> {
+    top.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let pct = |s: &str| s.ends_with('%');
+            (w.len() >= 6 && pct(w[1]) && pct(w[2]) && pct(w[4])).then(|| w[5].to_string())
+        })
+        .collect()
+}
+
+/// The values of one tag in `go tool pprof -tags` (e.g. `pid`).
+pub fn pprof_tag_values(tags: &str, tag: &str) -> Vec<String> {
+    let head = format!("{tag}:");
+    tags.lines()
+        .skip_while(|l| !l.trim_start().starts_with(&head))
+        .skip(1)
+        .map_while(|l| Some(l.split_once("): ")?.1.trim().to_string()))
+        .collect()
+}
