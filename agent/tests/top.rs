@@ -1,22 +1,25 @@
 //! `goalloc top` as a user meets it: in a real terminal (a detached tmux
 //! session, read back with `capture-pane`), finding Go processes it was not
-//! told about, sorting, filtering, the detail pane, resizing, and leaving
-//! the terminal usable however it is quit; and as one table when its
-//! stdout is a pipe.
+//! told about, sorting, filtering, the detail pane, resizing, the
+//! allocation profile of `p` (its probes on only while it runs), and
+//! leaving the terminal usable however it is quit; and as one table when
+//! its stdout is a pipe.
 //!
-//! The demo service (allocating ~200k objects/s until killed) runs from a
-//! copy in a temporary directory, so a filter on that directory's name
+//! The demo service (allocating ~200k objects/s until killed) and the
+//! `sites` fixture (allocating at four call sites in known shares) run from
+//! copies in a temporary directory, so a filter on that directory's name
 //! shows only the test's processes whatever else runs on the host.
 
 mod common;
 
 use std::{
+    io::{BufRead, BufReader},
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use common::{GOALLOC, Terminate, require_bpf, variant};
+use common::{GOALLOC, Terminate, require_bpf, uprobes_held, variant};
 
 /// Generous for loading the BPF programs on a busy CI machine.
 const STARTUP: Duration = Duration::from_secs(60);
@@ -177,6 +180,79 @@ fn start_demo(program: &Path) -> Terminate {
             .spawn()
             .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display())),
     )
+}
+
+/// The `sites` fixture copied into `dir` as `topsites` and started; with its
+/// largest site (function, type label, percent of the bytes), from the
+/// description it prints before allocating.
+fn start_sites(dir: &Path) -> (Terminate, String, String, f64) {
+    let program = dir.join("topsites");
+    std::fs::copy(variant("go1.27.3").program("sites"), &program)
+        .expect("the sites fixture (cargo xtask fixtures builds it)");
+    let mut child = Command::new(&program)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", program.display()));
+    let stdout = child.stdout.take().unwrap();
+    let child = Terminate(child);
+    let mut largest: Option<(String, String, f64)> = None;
+    // It prints nothing after `loop`: the pipe can close then.
+    for line in BufReader::new(stdout).lines() {
+        let line = line.expect("fixture stdout");
+        match line.split_whitespace().collect::<Vec<_>>().as_slice() {
+            ["site", func, ty, share] => {
+                let share = 100.0 * share.parse::<f64>().expect("share");
+                if largest.as_ref().is_none_or(|(_, _, s)| share > *s) {
+                    largest = Some((func.to_string(), ty.to_string(), share));
+                }
+            }
+            ["loop"] => break,
+            _ => {}
+        }
+    }
+    let (func, ty, share) = largest.expect("no site lines from the fixture");
+    (child, func, ty, share)
+}
+
+/// The share (`40.1%`) of the ranking row named `name` (a whole word): the
+/// last percentage before the name on its line (two rankings may share a
+/// line, side by side).
+fn share_of(screen: &str, name: &str) -> Option<f64> {
+    screen.lines().find_map(|l| {
+        let mut share = None;
+        for word in l.split_whitespace() {
+            if word == name {
+                return share;
+            }
+            if let Some(p) = word.strip_suffix('%') {
+                share = p.parse::<f64>().ok();
+            }
+        }
+        None
+    })
+}
+
+/// Polls the number of uprobe links `top` (running in `tmux`) holds until
+/// `want` holds (attaching and detaching take a moment). Top probes nothing
+/// but the process it profiles, so any link is the profile's. (The kernel
+/// names a link by the path it was attached through, /proc/self/fd/N.)
+fn wait_uprobes(tmux: &Tmux, top: u32, want: impl Fn(usize) -> bool, what: &str) {
+    let start = Instant::now();
+    loop {
+        let held = uprobes_held(top);
+        if want(held.len()) {
+            return;
+        }
+        if start.elapsed() > Duration::from_secs(10) {
+            panic!(
+                "waited for {what}: top holds {held:?}; the screen:\n{}",
+                tmux.screen()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The table row of `pid` (its first field), split into fields.
@@ -388,4 +464,143 @@ fn prints_one_table_when_stdout_is_not_a_terminal() {
     assert_eq!(fields[1], "topdemo", "{stdout}");
     // Two reads a second apart give it a rate.
     assert!(busy(fields[4]), "no allocation rate:\n{stdout}");
+}
+
+/// `p` profiles the selected process for 5 s with the probes on it alone,
+/// shows its top call sites and types, and takes the probes off again:
+/// when it ends, is cancelled, when the process exits, and when top quits
+/// in the middle.
+#[test]
+fn p_profiles_the_selected_process_and_leaves_no_probe() {
+    if !require_bpf() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (sites, func, ty, share) = start_sites(tmp.path());
+    let pid = sites.0.id();
+    let tmux = Tmux::start(200, 50);
+    tmux.start_top();
+    let top = tmux.foreground_child();
+    let dir = tmp
+        .path()
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    let filter = |text: &str| {
+        // Backspaces clear the filter before the new one (an Esc followed
+        // at once by `/` would read as Alt-/).
+        let mut keys = vec!["/"];
+        keys.extend(["BSpace"; 100]);
+        tmux.keys(&keys);
+        tmux.type_text(text);
+        tmux.keys(&["Enter"]);
+    };
+    filter(&dir);
+    tmux.wait_for("the sites fixture, filtered", STARTUP, |s| {
+        s.contains(&format!("match /{dir}")) && row(s, pid).is_some()
+    });
+    assert!(uprobes_held(top).is_empty(), "probes before any profile");
+
+    // A whole profile: the status line counts down while the view keeps
+    // reading everyone's counters, then the pane opens.
+    tmux.keys(&["p"]);
+    let running = format!("profiling pid {pid} (topsites)…");
+    tmux.wait_for("the profile to start", Duration::from_secs(5), |s| {
+        s.contains(&running) && s.contains("5s left")
+    });
+    wait_uprobes(&tmux, top, |n| n > 0, "the probes on the fixture");
+    tmux.wait_for("the countdown", Duration::from_secs(5), |s| {
+        s.contains(&running) && (s.contains("3s left") || s.contains("2s left"))
+    });
+    let title = format!("allocation profile of pid {pid} over 5 s, 1 sample per 64 KiB");
+    let screen = tmux.wait_for("the profile pane", Duration::from_secs(30), |s| {
+        s.contains(&title)
+    });
+    eprintln!("the profile pane:\n{screen}");
+    assert!(!screen.contains(&running), "{screen}");
+    assert!(
+        screen.contains("CALL SITE") && screen.contains("TYPE"),
+        "{screen}"
+    );
+    assert!(
+        screen.contains(&format!("pid {pid} (topsites): ")),
+        "the executable is noted:\n{screen}"
+    );
+    // The fixture's largest site and type, near their share of the bytes.
+    for name in [&func, &ty] {
+        let got = share_of(&screen, name).unwrap_or_else(|| panic!("no {name}:\n{screen}"));
+        assert!(
+            (got - share).abs() < 10.0,
+            "{name}: {got}% against {share:.1}% allocated:\n{screen}"
+        );
+    }
+    // The probes are off as soon as the profile ends.
+    wait_uprobes(&tmux, top, |n| n == 0, "the probes to come off");
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("the pane closed", Duration::from_secs(5), |s| {
+        !s.contains(&title) && row(s, pid).is_some()
+    });
+    assert!(uprobes_held(top).is_empty(), "{:?}", uprobes_held(top));
+
+    // A second `p` cancels: the probes come off at once.
+    tmux.keys(&["p"]);
+    tmux.wait_for("the profile to start", Duration::from_secs(5), |s| {
+        s.contains(&running)
+    });
+    wait_uprobes(&tmux, top, |n| n > 0, "the probes on the fixture");
+    tmux.keys(&["p"]);
+    tmux.wait_for("the cancel", Duration::from_secs(5), |s| {
+        s.contains(&format!("profile of pid {pid} cancelled"))
+    });
+    wait_uprobes(&tmux, top, |n| n == 0, "the probes to come off");
+
+    // The process exits meanwhile: what was sampled, with a note.
+    let demo_exe = demo_in(tmp.path());
+    let demo = start_demo(&demo_exe);
+    let demo_pid = demo.0.id();
+    filter(&format!("{dir}/topdemo"));
+    tmux.wait_for("the demo alone", APPEARS_WITHIN, |s| {
+        row(s, demo_pid).is_some() && row(s, pid).is_none()
+    });
+    tmux.keys(&["p"]);
+    tmux.wait_for("the profile to start", Duration::from_secs(5), |s| {
+        s.contains(&format!("profiling pid {demo_pid} (topdemo)…"))
+    });
+    wait_uprobes(&tmux, top, |n| n > 0, "the probes on the demo");
+    std::thread::sleep(Duration::from_secs(1));
+    drop(demo);
+    let screen = tmux.wait_for(
+        "the pane of the exited demo",
+        Duration::from_secs(10),
+        |s| {
+            s.contains(&format!("allocation profile of pid {demo_pid} over"))
+                && s.contains("(exited)")
+        },
+    );
+    eprintln!("the pane of a process that exited meanwhile:\n{screen}");
+    assert!(screen.contains("exited after"), "{screen}");
+    assert!(
+        screen.contains("main."),
+        "samples until the exit:\n{screen}"
+    );
+    // Off the detach threads a moment after the exit.
+    wait_uprobes(
+        &tmux,
+        top,
+        |n| n == 0,
+        "the probes of the exited demo to go",
+    );
+    tmux.keys(&["Enter"]);
+
+    // Quitting in the middle of a profile ends it; top leaves cleanly.
+    filter(&dir);
+    tmux.wait_for("the fixture again", APPEARS_WITHIN, |s| {
+        row(s, pid).is_some() && !s.contains("allocation profile")
+    });
+    tmux.keys(&["p"]);
+    wait_uprobes(&tmux, top, |n| n > 0, "the probes on the fixture");
+    tmux.keys(&["q"]);
+    tmux.assert_usable();
+    drop(sites);
 }

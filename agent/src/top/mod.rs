@@ -1,10 +1,13 @@
 //! `goalloc top`: every Go process on the host, live, full screen; from the
 //! always-on source (the runtime's own counters read from memory), so it
-//! puts no probe on anything.
+//! puts no probe on anything unless asked: `p` takes a 5 s allocation
+//! profile of the selected process ([`profiling`]), its probes on that
+//! process alone and off again at the end.
 //!
 //! Two threads. The collector owns the [`Registry`]: it follows exec/exit
 //! events, sweeps /proc and reads every process's counters once per
-//! interval, and sends each snapshot over a channel. Reads take
+//! interval, and sends each snapshot over a channel; it also runs the
+//! profile the view asks for and sends its progress and result. Reads take
 //! milliseconds per process; on their own thread they never delay a key.
 //! The main thread owns the terminal: it folds snapshots into the
 //! [`model::Model`], hands keys to it and redraws ([`ui`]).
@@ -18,6 +21,7 @@
 //! panic hook).
 
 pub mod model;
+mod profiling;
 pub mod ui;
 
 use std::{
@@ -42,7 +46,10 @@ use ratatui::{
     },
     widgets::TableState,
 };
-use tokio::signal::unix::{SignalKind, signal};
+use tokio::{
+    signal::unix::{SignalKind, signal},
+    sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel},
+};
 
 use crate::{
     ebpf::Engine,
@@ -50,7 +57,8 @@ use crate::{
     registry::{ProcessSnapshot, Registry, Scope},
     select::ExactSelection,
 };
-use model::{Flow, Key, Model};
+use model::{Flow, Key, Model, ProfileReport};
+use profiling::Session;
 
 #[derive(Debug, Clone)]
 pub struct TopOptions {
@@ -66,10 +74,33 @@ enum Msg {
         snapshots: Vec<ProcessSnapshot>,
         inaccessible: usize,
     },
+    /// How profile `id` goes.
+    ProfileProgress {
+        id: u64,
+        left: Duration,
+        samples: u64,
+    },
+    /// Profile `id` is done.
+    ProfileDone { id: u64, report: Box<ProfileReport> },
+    /// Profile `id` could not start, or failed.
+    ProfileFailed { id: u64, why: String },
     /// A signal asked goalloc to stop.
     Quit,
     /// The collector stopped on an error.
     Failed(anyhow::Error),
+}
+
+/// What the view asks of the collector.
+enum Cmd {
+    Profile {
+        id: u64,
+        pid: u32,
+    },
+    CancelProfile {
+        id: u64,
+    },
+    /// The view is done.
+    Stop,
 }
 
 /// How long the event loop waits for a key before looking for snapshots:
@@ -78,11 +109,11 @@ const POLL: Duration = Duration::from_millis(50);
 
 pub fn run(opts: TopOptions) -> Result<()> {
     let (tx, rx) = mpsc::channel();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel();
+    let (cmd_tx, cmd_rx) = unbounded_channel();
     let interval = opts.interval;
     let collector = std::thread::Builder::new()
         .name("top-collector".into())
-        .spawn(move || collect(interval, tx, stop_rx))
+        .spawn(move || collect(interval, tx, cmd_rx))
         .context("starting the collector thread")?;
 
     // The first snapshot (or why there is none) before touching the
@@ -93,14 +124,16 @@ pub fn run(opts: TopOptions) -> Result<()> {
             let mut model = Model::default();
             model.update(at, snapshots, inaccessible);
             if std::io::stdout().is_terminal() {
-                interactive(model, &rx, opts.interval)
+                interactive(model, &rx, &cmd_tx, opts.interval)
             } else {
                 snapshot(model, &rx)
             }
         }
     };
     // Dropping the sender would do too; the send says it is on purpose.
-    let _ = stop_tx.send(());
+    // The collector ends a running profile before it returns, and the
+    // join below waits for that: no probe outlives the view.
+    let _ = cmd_tx.send(Cmd::Stop);
     drop(rx);
     if collector.join().is_err() {
         // Its panic message is already on stderr (the hook ran).
@@ -111,15 +144,21 @@ pub fn run(opts: TopOptions) -> Result<()> {
 
 /// The next snapshot; `None` when a signal asked to stop.
 fn next(rx: &mpsc::Receiver<Msg>) -> Result<Option<(Instant, Vec<ProcessSnapshot>, usize)>> {
-    match rx.recv() {
-        Ok(Msg::Update {
-            at,
-            snapshots,
-            inaccessible,
-        }) => Ok(Some((at, snapshots, inaccessible))),
-        Ok(Msg::Quit) => Ok(None),
-        Ok(Msg::Failed(e)) => Err(e),
-        Err(_) => Err(anyhow!("the collector stopped")),
+    loop {
+        match rx.recv() {
+            Ok(Msg::Update {
+                at,
+                snapshots,
+                inaccessible,
+            }) => return Ok(Some((at, snapshots, inaccessible))),
+            // Only the full-screen view asks for profiles: none come here.
+            Ok(
+                Msg::ProfileProgress { .. } | Msg::ProfileDone { .. } | Msg::ProfileFailed { .. },
+            ) => {}
+            Ok(Msg::Quit) => return Ok(None),
+            Ok(Msg::Failed(e)) => return Err(e),
+            Err(_) => return Err(anyhow!("the collector stopped")),
+        }
     }
 }
 
@@ -137,7 +176,12 @@ fn snapshot(mut model: Model, rx: &mpsc::Receiver<Msg>) -> Result<()> {
 }
 
 /// The full-screen view, until `q`, Ctrl-C or a signal.
-fn interactive(mut model: Model, rx: &mpsc::Receiver<Msg>, interval: Duration) -> Result<()> {
+fn interactive(
+    mut model: Model,
+    rx: &mpsc::Receiver<Msg>,
+    commands: &UnboundedSender<Cmd>,
+    interval: Duration,
+) -> Result<()> {
     let interval = humantime::format_duration(interval).to_string();
     // Log lines would land in the middle of the screen; what matters of
     // them (processes that cannot be inspected) is in the status line.
@@ -163,8 +207,16 @@ fn interactive(mut model: Model, rx: &mpsc::Receiver<Msg>, interval: Duration) -
                 match event::read()? {
                     Event::Key(k) if k.kind != KeyEventKind::Release => {
                         if let Some(key) = key_of(k) {
-                            if model.on_key(key) == Flow::Quit {
-                                return Ok(());
+                            let cmd = match model.on_key(key) {
+                                Flow::Quit => return Ok(()),
+                                Flow::Continue => None,
+                                Flow::Profile { id, pid } => Some(Cmd::Profile { id, pid }),
+                                Flow::CancelProfile { id } => Some(Cmd::CancelProfile { id }),
+                            };
+                            // A closed channel: the collector is gone, and
+                            // says why on `rx`.
+                            if let Some(cmd) = cmd {
+                                let _ = commands.send(cmd);
                             }
                             dirty = true;
                         }
@@ -182,6 +234,18 @@ fn interactive(mut model: Model, rx: &mpsc::Receiver<Msg>, interval: Duration) -
                         inaccessible,
                     }) => {
                         model.update(at, snapshots, inaccessible);
+                        dirty = true;
+                    }
+                    Ok(Msg::ProfileProgress { id, left, samples }) => {
+                        model.profile_progress(id, left, samples);
+                        dirty = true;
+                    }
+                    Ok(Msg::ProfileDone { id, report }) => {
+                        model.profile_done(id, *report);
+                        dirty = true;
+                    }
+                    Ok(Msg::ProfileFailed { id, why }) => {
+                        model.profile_failed(id, &why);
                         dirty = true;
                     }
                     Ok(Msg::Quit) => return Ok(()),
@@ -277,7 +341,7 @@ fn install_panic_hook() {
 }
 
 /// The collector thread: a registry of every Go process, read each interval.
-fn collect(interval: Duration, tx: mpsc::Sender<Msg>, stop: tokio::sync::oneshot::Receiver<()>) {
+fn collect(interval: Duration, tx: mpsc::Sender<Msg>, commands: UnboundedReceiver<Cmd>) {
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -288,7 +352,7 @@ fn collect(interval: Duration, tx: mpsc::Sender<Msg>, stop: tokio::sync::oneshot
             return;
         }
     };
-    if let Err(e) = rt.block_on(collect_async(interval, &tx, stop)) {
+    if let Err(e) = rt.block_on(collect_async(interval, &tx, commands)) {
         let _ = tx.send(Msg::Failed(e));
     }
 }
@@ -296,17 +360,12 @@ fn collect(interval: Duration, tx: mpsc::Sender<Msg>, stop: tokio::sync::oneshot
 async fn collect_async(
     interval: Duration,
     tx: &mpsc::Sender<Msg>,
-    mut stop: tokio::sync::oneshot::Receiver<()>,
+    mut commands: UnboundedReceiver<Cmd>,
 ) -> Result<()> {
-    // Raw mode turns Ctrl-C into a key, but `kill` and a closed terminal
-    // still signal: stop cleanly rather than die with the terminal raw.
-    let mut sigint = signal(SignalKind::interrupt())?;
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sighup = signal(SignalKind::hangup())?;
-
     let mut engine = Engine::load()?;
     let mut events = ProcessEvents::start(&mut engine)?;
-    // Counters from memory only: top puts no probe on anything.
+    // Counters from memory only: top puts no probe on anything but the
+    // process `p` profiles, for the profile's time.
     let mut registry = Registry::new(
         engine,
         PlanOptions::default(),
@@ -314,6 +373,39 @@ async fn collect_async(
         ExactSelection::none(),
         Duration::ZERO,
     );
+    let mut session = None;
+    let result = follow(
+        interval,
+        tx,
+        &mut commands,
+        &mut registry,
+        &mut events,
+        &mut session,
+    )
+    .await;
+    // However the loop ended (the view quit, a signal, an error), a running
+    // profile ends here: its probes and sampler come off.
+    if let Some(s) = session.take() {
+        s.cancel(&mut registry);
+    }
+    result
+}
+
+/// What the collector does until the view stops it, a signal or an error.
+async fn follow(
+    interval: Duration,
+    tx: &mpsc::Sender<Msg>,
+    commands: &mut UnboundedReceiver<Cmd>,
+    registry: &mut Registry,
+    events: &mut ProcessEvents,
+    session: &mut Option<Session>,
+) -> Result<()> {
+    // Raw mode turns Ctrl-C into a key, but `kill` and a closed terminal
+    // still signal: stop cleanly rather than die with the terminal raw.
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sighup = signal(SignalKind::hangup())?;
+
     registry.sweep()?;
     let update = |registry: &mut Registry| -> Result<Msg> {
         let snapshots = registry.snapshot()?;
@@ -326,13 +418,15 @@ async fn collect_async(
             inaccessible: registry.inaccessible(),
         })
     };
-    if tx.send(update(&mut registry)?).is_err() {
+    if tx.send(update(registry)?).is_err() {
         return Ok(());
     }
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     // After a slow sweep, the next read is an interval later, not at once.
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let drain_at = session.as_ref().map(Session::next_drain);
+        let mut read = false;
         tokio::select! {
             batch = events.next_batch() => {
                 // A new process is tracked at once; it shows at the next
@@ -340,9 +434,53 @@ async fn collect_async(
                 for ev in batch.context("reading process events")? {
                     registry.on_event(&ev)?;
                 }
-                continue;
             }
-            _ = ticker.tick() => {}
+            _ = ticker.tick() => {
+                registry.sweep()?;
+                read = true;
+            }
+            cmd = commands.recv() => match cmd {
+                Some(Cmd::Profile { id, pid }) => {
+                    // One at a time (the view asks for no more).
+                    if let Some(s) = session.take() {
+                        s.cancel(registry);
+                    }
+                    match Session::begin(registry, id, pid) {
+                        Ok(s) => *session = Some(s),
+                        Err(why) => {
+                            let _ = tx.send(Msg::ProfileFailed { id, why });
+                        }
+                    }
+                }
+                Some(Cmd::CancelProfile { id }) => {
+                    if let Some(s) = session.take_if(|s| s.id == id) {
+                        s.cancel(registry);
+                    }
+                }
+                Some(Cmd::Stop) | None => return Ok(()),
+            },
+            _ = sleep_until(drain_at) => {
+                if let Some(s) = session.as_mut() {
+                    match s.drain(registry) {
+                        Ok(()) => {
+                            let _ = tx.send(Msg::ProfileProgress {
+                                id: s.id,
+                                left: s.left(),
+                                samples: s.sampled(),
+                            });
+                        }
+                        Err(e) => {
+                            let (id, pid) = (s.id, s.pid);
+                            if let Some(s) = session.take() {
+                                s.cancel(registry);
+                            }
+                            // Top goes on: only this profile is lost.
+                            let why = format!("pid {pid} could not be profiled to the end: {e}");
+                            let _ = tx.send(Msg::ProfileFailed { id, why });
+                        }
+                    }
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sighup.recv() => {
@@ -357,13 +495,35 @@ async fn collect_async(
                 });
                 break;
             }
-            _ = &mut stop => return Ok(()),
         }
-        registry.sweep()?;
-        if tx.send(update(&mut registry)?).is_err() {
+        // Time up, or the process exited (an event, or the sweep found it
+        // gone): the pane shows what was sampled.
+        if let Some(s) = session.take_if(|s| s.is_over(registry)) {
+            let (id, pid) = (s.id, s.pid);
+            let msg = match s.finish(registry) {
+                Ok(report) => Msg::ProfileDone {
+                    id,
+                    report: Box::new(report),
+                },
+                Err(e) => Msg::ProfileFailed {
+                    id,
+                    why: format!("pid {pid} could not be profiled to the end: {e}"),
+                },
+            };
+            let _ = tx.send(msg);
+        }
+        if read && tx.send(update(registry)?).is_err() {
             return Ok(()); // the view is gone
         }
     }
     let _ = tx.send(Msg::Quit);
     Ok(())
+}
+
+/// Sleeps until `at`; forever without it.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
 }

@@ -1,22 +1,26 @@
 //! The state of `goalloc top`, apart from any terminal: one entry per Go
 //! process with its rates and short history, the sort order, the name
-//! filter, the selection and the detail pane, and what each key does.
+//! filter, the selection, the detail pane, the allocation profile of `p`
+//! (running, or its pane), and what each key does.
 //!
-//! Everything here is plain data driven by two inputs, registry snapshots
-//! ([`Model::update`]) and keys ([`Model::on_key`]), so the behaviour of the
-//! view is unit-tested without a terminal; `ui` only draws what this holds.
+//! Everything here is plain data driven by registry snapshots
+//! ([`Model::update`]), the collector's news of a profile
+//! ([`Model::profile_progress`] and the two after it) and keys
+//! ([`Model::on_key`]), so the behaviour of the view is unit-tested without
+//! a terminal; `ui` only draws what this holds.
 
 use std::{
     cmp::Ordering,
     collections::{HashMap, VecDeque},
     sync::Arc,
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use agent_common::HIST_BUCKETS;
 use gobinary::runtime::RuntimeCounters;
 
 use crate::{
+    profile::TopTables,
     registry::{PodNames, ProcessInfo, ProcessSnapshot},
     report::{RuntimeDelta, human_bytes, short_version},
     runtime::Unavailable,
@@ -31,6 +35,14 @@ pub const TREND_SPAN: usize = 5;
 /// Intervals summed for the size distribution of the detail pane, so a
 /// quiet second does not empty it.
 pub const SIZE_WINDOW: usize = 10;
+/// How long `p` samples a process: long enough for a few hundred samples
+/// of a busy process, short enough to wait for.
+pub const PROFILE_DURATION: Duration = Duration::from_secs(5);
+/// `p`'s sampling rate, one sample per this many bytes on average: Go's
+/// default (512 KiB) gives too few samples in [`PROFILE_DURATION`].
+pub const PROFILE_RATE: u64 = 64 * 1024;
+/// Rows of each ranking in the profile pane.
+pub const PROFILE_ROWS: usize = 10;
 
 /// The table's columns, in order. Each one is also a sort key.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -405,6 +417,47 @@ pub enum Key {
 pub enum Flow {
     Continue,
     Quit,
+    /// Ask the collector for profile `id` of `pid`.
+    Profile {
+        id: u64,
+        pid: u32,
+    },
+    /// Tell the collector to drop profile `id`.
+    CancelProfile {
+        id: u64,
+    },
+}
+
+/// A finished allocation profile, as its pane shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProfileReport {
+    pub pid: u32,
+    /// How long it sampled: [`PROFILE_DURATION`], or until the process
+    /// exited.
+    pub sampled_for: Duration,
+    pub rate: u64,
+    /// The process exited before the end.
+    pub exited: bool,
+    /// The profile's own comments: what the process ran, its exit, samples
+    /// lost.
+    pub notes: Vec<String>,
+    pub tables: TopTables,
+}
+
+/// The allocation profile `p` took or is taking.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Profiling {
+    /// Asked for (the collector may still be starting it) or running.
+    Running {
+        /// Tells this profile's news from a cancelled one's.
+        id: u64,
+        pid: u32,
+        comm: String,
+        left: Duration,
+        samples: u64,
+    },
+    /// Finished: its pane is open until closed.
+    Shown(Box<ProfileReport>),
 }
 
 /// Rows a page key moves.
@@ -432,6 +485,12 @@ pub struct Model {
     pub inaccessible: usize,
     /// Snapshots taken so far.
     pub updates: u64,
+    pub profiling: Option<Profiling>,
+    /// A line answering the last key (a profile that could not start, or
+    /// was cancelled); the next key clears it.
+    pub notice: Option<String>,
+    /// Profiles asked for so far: the id of the next one.
+    profiles: u64,
 }
 
 impl Default for Model {
@@ -448,6 +507,9 @@ impl Default for Model {
             detail: false,
             inaccessible: 0,
             updates: 0,
+            profiling: None,
+            notice: None,
+            profiles: 0,
         }
     }
 }
@@ -580,6 +642,8 @@ impl Model {
         if key == Key::Interrupt {
             return Flow::Quit;
         }
+        // A notice answers the key before; it is read by now.
+        self.notice = None;
         if self.editing_filter {
             match key {
                 Key::Char(c) => self.filter.push(c),
@@ -597,8 +661,13 @@ impl Model {
             self.fix_selection();
             return Flow::Continue;
         }
+        let mut flow = Flow::Continue;
         match key {
             Key::Char('q') => return Flow::Quit,
+            Key::Char('p') => flow = self.profile_key(),
+            Key::Esc if self.profile_running().is_some() => flow = self.cancel_profile(),
+            // The profile pane is on top: these close it first.
+            Key::Esc | Key::Enter if self.profile_report().is_some() => self.profiling = None,
             Key::Char('/') => self.editing_filter = true,
             Key::Char('r') => self.descending = !self.descending,
             Key::Char('k') => self.move_selection(-1),
@@ -623,7 +692,130 @@ impl Model {
             other => self.navigate(other),
         }
         self.fix_selection();
-        Flow::Continue
+        flow
+    }
+
+    /// `p`: profiles the selected process, or cancels the running profile,
+    /// or closes the profile pane. One profile at a time.
+    fn profile_key(&mut self) -> Flow {
+        match self.profiling {
+            Some(Profiling::Running { .. }) => return self.cancel_profile(),
+            Some(Profiling::Shown(_)) => {
+                self.profiling = None;
+                return Flow::Continue;
+            }
+            None => {}
+        }
+        let Some(p) = self.selected_proc() else {
+            self.notice = Some("no process selected to profile".into());
+            return Flow::Continue;
+        };
+        let (pid, comm) = (p.info.pid, p.info.comm.clone());
+        self.profiles += 1;
+        let id = self.profiles;
+        self.profiling = Some(Profiling::Running {
+            id,
+            pid,
+            comm,
+            left: PROFILE_DURATION,
+            samples: 0,
+        });
+        // The selection is what is being profiled: it stays put.
+        self.follow_top = false;
+        Flow::Profile { id, pid }
+    }
+
+    fn cancel_profile(&mut self) -> Flow {
+        match self.profiling.take() {
+            Some(Profiling::Running { id, pid, .. }) => {
+                self.notice = Some(format!("profile of pid {pid} cancelled"));
+                Flow::CancelProfile { id }
+            }
+            other => {
+                self.profiling = other;
+                Flow::Continue
+            }
+        }
+    }
+
+    /// The running profile: its id and pid.
+    pub fn profile_running(&self) -> Option<(u64, u32)> {
+        match &self.profiling {
+            Some(Profiling::Running { id, pid, .. }) => Some((*id, *pid)),
+            _ => None,
+        }
+    }
+
+    /// The finished profile whose pane is open.
+    pub fn profile_report(&self) -> Option<&ProfileReport> {
+        match &self.profiling {
+            Some(Profiling::Shown(r)) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// The collector's news of profile `id`: time left, samples so far.
+    /// News of a cancelled profile (sent before the cancel reached the
+    /// collector) is dropped, here and in the two below.
+    pub fn profile_progress(&mut self, id: u64, left: Duration, samples: u64) {
+        if let Some(Profiling::Running {
+            id: running,
+            left: l,
+            samples: s,
+            ..
+        }) = &mut self.profiling
+            && *running == id
+        {
+            (*l, *s) = (left, samples);
+        }
+    }
+
+    /// Profile `id` finished: its pane opens.
+    pub fn profile_done(&mut self, id: u64, report: ProfileReport) {
+        if self
+            .profile_running()
+            .is_some_and(|(running, _)| running == id)
+        {
+            self.profiling = Some(Profiling::Shown(Box::new(report)));
+        }
+    }
+
+    /// Profile `id` could not start, or failed: why, in the status line.
+    pub fn profile_failed(&mut self, id: u64, why: &str) {
+        let Some((running, pid)) = self.profile_running() else {
+            return;
+        };
+        if running != id {
+            return;
+        }
+        self.profiling = None;
+        // Reasons that name the process (the registry's, a failure
+        // mid-profile) are whole sentences already.
+        self.notice = Some(if why.starts_with(&format!("pid {pid} ")) {
+            why.to_string()
+        } else {
+            format!("pid {pid} cannot be profiled: {why}")
+        });
+    }
+
+    /// The line between the table and the footer: the running profile, or
+    /// the notice.
+    pub fn status_note(&self) -> Option<String> {
+        if let Some(Profiling::Running {
+            pid,
+            comm,
+            left,
+            samples,
+            ..
+        }) = &self.profiling
+        {
+            // Whole seconds, rounded up: "0s left" only at the very end.
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            return Some(format!(
+                "profiling pid {pid} ({comm})… {secs}s left · {samples} samples so far · p or Esc cancels"
+            ));
+        }
+        self.notice.clone()
     }
 
     fn navigate(&mut self, key: Key) {
@@ -1004,6 +1196,128 @@ mod tests {
         };
         assert_eq!(p.container(), "shop/cart-7d9");
         assert!(p.matches("cart") && p.matches("app") && !p.matches("nope"));
+    }
+
+    fn report(pid: u32) -> ProfileReport {
+        ProfileReport {
+            pid,
+            sampled_for: PROFILE_DURATION,
+            rate: PROFILE_RATE,
+            exited: false,
+            notes: vec![],
+            tables: TopTables {
+                sites: vec![],
+                types: vec![],
+                total_bytes: 0,
+                total_objects: 0,
+                samples: 0,
+            },
+        }
+    }
+
+    /// Two processes, the second selected.
+    fn two() -> Model {
+        let mut m = Model::default();
+        m.update(
+            Instant::now(),
+            vec![
+                snap(&info(1, "api"), zero_runtime()),
+                snap(&info(2, "worker"), zero_runtime()),
+            ],
+            0,
+        );
+        m.on_key(Key::Down);
+        m
+    }
+
+    #[test]
+    fn p_profiles_the_selection_and_its_pane_closes() {
+        let mut m = two();
+        assert_eq!(m.on_key(Key::Char('p')), Flow::Profile { id: 1, pid: 2 });
+        assert_eq!(m.profile_running(), Some((1, 2)));
+        let line = m.status_note().unwrap();
+        assert!(
+            line.starts_with("profiling pid 2 (worker)… 5s left"),
+            "{line}"
+        );
+        m.profile_progress(1, Duration::from_millis(2500), 120);
+        let line = m.status_note().unwrap();
+        assert!(line.contains("3s left · 120 samples"), "{line}");
+        // Keys for the table still work meanwhile; the selection stays.
+        m.on_key(Key::Char('1'));
+        assert_eq!(m.selected, Some(2));
+        m.profile_done(1, report(2));
+        assert_eq!(m.profile_report().map(|r| r.pid), Some(2));
+        assert_eq!(m.status_note(), None);
+        // Enter closes the pane rather than opening the detail pane.
+        m.on_key(Key::Enter);
+        assert!(m.profiling.is_none() && !m.detail);
+        for close in [Key::Esc, Key::Char('p')] {
+            let Flow::Profile { id, .. } = m.on_key(Key::Char('p')) else {
+                panic!("no profile started");
+            };
+            m.profile_done(id, report(2));
+            assert_eq!(m.on_key(close), Flow::Continue);
+            assert!(m.profiling.is_none(), "{close:?} closes the pane");
+        }
+        // Esc with the pane closed does what it did before: the filter.
+        m.filter = "w".into();
+        m.on_key(Key::Esc);
+        assert_eq!(m.filter, "");
+    }
+
+    #[test]
+    fn a_second_p_or_esc_cancels_and_late_news_is_dropped() {
+        let mut m = two();
+        let Flow::Profile { id, .. } = m.on_key(Key::Char('p')) else {
+            panic!("no profile started");
+        };
+        assert_eq!(m.on_key(Key::Char('p')), Flow::CancelProfile { id });
+        assert!(m.profiling.is_none());
+        assert_eq!(m.status_note().unwrap(), "profile of pid 2 cancelled");
+        // The cancelled profile's result, already on its way, is dropped.
+        m.profile_done(id, report(2));
+        m.profile_failed(id, "late");
+        assert!(m.profiling.is_none());
+        // The next key clears the notice; a new profile has a new id.
+        let Flow::Profile { id: next, .. } = m.on_key(Key::Char('p')) else {
+            panic!("no profile started");
+        };
+        assert_ne!(next, id);
+        m.profile_progress(id, Duration::ZERO, 99);
+        assert!(m.status_note().unwrap().contains("5s left · 0 samples"));
+        assert_eq!(m.on_key(Key::Esc), Flow::CancelProfile { id: next });
+        // While typing a filter, `p` is text.
+        m.on_key(Key::Char('/'));
+        assert_eq!(m.on_key(Key::Char('p')), Flow::Continue);
+        assert_eq!(m.filter, "p");
+        assert!(m.profiling.is_none());
+    }
+
+    #[test]
+    fn a_profile_that_cannot_start_says_why() {
+        let mut m = two();
+        let Flow::Profile { id, .. } = m.on_key(Key::Char('p')) else {
+            panic!("no profile started");
+        };
+        m.profile_failed(id, "attach: uprobe: Operation not permitted");
+        assert!(m.profiling.is_none());
+        assert_eq!(
+            m.status_note().unwrap(),
+            "pid 2 cannot be profiled: attach: uprobe: Operation not permitted"
+        );
+        let Flow::Profile { id, .. } = m.on_key(Key::Char('p')) else {
+            panic!("no profile started");
+        };
+        m.profile_failed(id, "pid 2 has exited or changed its executable");
+        assert_eq!(
+            m.status_note().unwrap(),
+            "pid 2 has exited or changed its executable"
+        );
+        // Nothing selected: nothing to profile.
+        let mut empty = Model::default();
+        assert_eq!(empty.on_key(Key::Char('p')), Flow::Continue);
+        assert!(empty.status_note().unwrap().contains("no process selected"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Drawing `goalloc top`: the status line, the process table (the sorted
-//! column marked in its header), the detail pane of the selected process and
-//! the key footer; and the plain table printed when stdout is not a
+//! column marked in its header), the line of a running profile (or of a
+//! notice), the profile pane or the detail pane of the selected process,
+//! and the key footer; and the plain table printed when stdout is not a
 //! terminal. Reads the [`Model`], changes nothing but the table's scroll
 //! offset.
 
@@ -13,8 +14,8 @@ use ratatui::{
     widgets::{Block, Borders, Cell, Paragraph, Row, Sparkline, Table, TableState, Wrap},
 };
 
-use super::model::{Column, Model, Proc};
-use crate::report::human_bytes;
+use super::model::{Column, Model, Proc, ProfileReport, human_count};
+use crate::{profile::Ranked, report::human_bytes};
 
 /// Widths of the columns in [`Column::ALL`] order; the note after them
 /// takes what is left.
@@ -67,6 +68,10 @@ const DETAIL_HEIGHT: u16 = 18;
 /// Width of the bars of the size distribution.
 const BAR_WIDTH: usize = 30;
 
+/// From this width (inside the borders) the profile pane puts its two
+/// rankings side by side; below, one above the other.
+const SIDE_BY_SIDE: u16 = 140;
+
 fn header_title(model: &Model, col: Column) -> String {
     if col == model.sort {
         format!(
@@ -82,23 +87,39 @@ fn header_title(model: &Model, col: Column) -> String {
 /// Draws the whole screen.
 pub fn draw(frame: &mut Frame, model: &Model, table: &mut TableState, interval: &str) {
     let area = frame.area();
-    let detail = model.detail && model.selected_proc().is_some();
-    let detail_height = if detail {
-        // Leave the table at least a header and a few rows.
-        DETAIL_HEIGHT.min(area.height.saturating_sub(6))
-    } else {
-        0
-    };
-    let [status, body, pane, footer] = Layout::vertical([
+    let report = model.profile_report();
+    // The profile pane, asked for last, covers the detail pane.
+    let detail = report.is_none() && model.detail && model.selected_proc().is_some();
+    let pane_height = match report {
+        Some(r) => profile_height(r, area.width),
+        None if detail => DETAIL_HEIGHT,
+        None => 0,
+    }
+    // Leave the table at least a header and a few rows.
+    .min(area.height.saturating_sub(6));
+    let note = model.status_note();
+    let [status, body, note_area, pane, footer] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Min(2),
-        Constraint::Length(detail_height),
+        Constraint::Length(u16::from(note.is_some())),
+        Constraint::Length(pane_height),
         Constraint::Length(1),
     ])
     .areas(area);
     draw_status(frame, status, model, interval);
     draw_table(frame, body, model, table);
-    if detail && let Some(p) = model.selected_proc() {
+    if let Some(note) = note {
+        let color = if model.profile_running().is_some() {
+            Color::Yellow
+        } else {
+            Color::Magenta
+        };
+        let style = Style::default().fg(color).add_modifier(Modifier::BOLD);
+        frame.render_widget(Paragraph::new(format!(" {note}")).style(style), note_area);
+    }
+    if let Some(r) = report {
+        draw_profile(frame, pane, r);
+    } else if detail && let Some(p) = model.selected_proc() {
         draw_detail(frame, pane, p);
     }
     draw_footer(frame, footer, model);
@@ -359,6 +380,144 @@ fn size_label(bucket: usize) -> String {
     }
 }
 
+/// `5 s`, `2.3 s`.
+fn seconds(d: std::time::Duration) -> String {
+    let s = d.as_secs_f64();
+    if d.subsec_millis() == 0 {
+        format!("{s:.0} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+/// A sampling rate: `64 KiB`, `1 MiB`, `1000 bytes`.
+fn rate(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 20 && b % (1 << 20) == 0 => format!("{} MiB", b >> 20),
+        b if b >= 1 << 10 && b % (1 << 10) == 0 => format!("{} KiB", b >> 10),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// The profile pane's lines above the rankings: totals, then the
+/// profile's notes.
+fn profile_head(r: &ProfileReport) -> Vec<Line<'static>> {
+    let t = &r.tables;
+    let mut lines = vec![Line::from(Span::styled(
+        format!(
+            "sampled {} allocations; estimated {} in {} objects",
+            t.samples,
+            human_bytes(t.total_bytes as f64),
+            human_count(t.total_objects as f64),
+        ),
+        Style::default().add_modifier(Modifier::BOLD),
+    ))];
+    for note in &r.notes {
+        // The first note says what the process runs; the others are news.
+        let style = if lines.len() == 1 {
+            Style::default().fg(Color::DarkGray)
+        } else {
+            Style::default().fg(Color::Yellow)
+        };
+        lines.push(Line::from(Span::styled(note.clone(), style)));
+    }
+    lines
+}
+
+/// Height of the profile pane, borders included, at `width` columns.
+fn profile_height(r: &ProfileReport, width: u16) -> u16 {
+    // A header and at least one row (or the "nothing" line) each.
+    let ranking = |rows: &[Ranked]| 1 + rows.len().max(1);
+    let tables = if width.saturating_sub(2) >= SIDE_BY_SIDE {
+        ranking(&r.tables.sites).max(ranking(&r.tables.types))
+    } else {
+        ranking(&r.tables.sites) + 1 + ranking(&r.tables.types)
+    };
+    let lines = 2 + profile_head(r).len() + 1 + tables;
+    u16::try_from(lines).unwrap_or(u16::MAX)
+}
+
+fn draw_profile(frame: &mut Frame, area: Rect, r: &ProfileReport) {
+    let title = format!(
+        " allocation profile of pid {} over {}, 1 sample per {}{} ",
+        r.pid,
+        seconds(r.sampled_for),
+        rate(r.rate),
+        if r.exited { " (exited)" } else { "" },
+    );
+    let block = Block::default()
+        .borders(Borders::ALL)
+        .title(Span::styled(
+            title,
+            Style::default().add_modifier(Modifier::BOLD),
+        ))
+        .title_bottom(Line::from(" Esc/Enter/p close ").right_aligned());
+    let inner = block.inner(area);
+    frame.render_widget(block, area);
+    let head = profile_head(r);
+    let [head_area, _, tables] = Layout::vertical([
+        Constraint::Length(u16::try_from(head.len()).unwrap_or(u16::MAX)),
+        Constraint::Length(1),
+        Constraint::Fill(1),
+    ])
+    .areas(inner);
+    frame.render_widget(Paragraph::new(head), head_area);
+    let [sites, types] = if inner.width >= SIDE_BY_SIDE {
+        Layout::horizontal([Constraint::Percentage(60), Constraint::Percentage(40)])
+            .spacing(2)
+            .areas(tables)
+    } else {
+        let rows = |n: usize| u16::try_from(1 + n.max(1)).unwrap_or(u16::MAX);
+        let [sites, _, types] = Layout::vertical([
+            Constraint::Length(rows(r.tables.sites.len())),
+            Constraint::Length(1),
+            Constraint::Fill(1),
+        ])
+        .areas(tables);
+        [sites, types]
+    };
+    draw_ranking(frame, sites, &r.tables.sites, "CALL SITE");
+    draw_ranking(frame, types, &r.tables.types, "TYPE");
+}
+
+/// One ranking of the profile pane: bytes, share, objects, name.
+fn draw_ranking(frame: &mut Frame, area: Rect, rows: &[Ranked], what: &str) {
+    let right = |s: String| Cell::from(Line::from(s).right_aligned());
+    let header = Row::new([
+        right("BYTES".into()),
+        right("SHARE".into()),
+        right("OBJECTS".into()),
+        Cell::from(what.to_string()),
+    ])
+    .style(Style::default().fg(Color::Black).bg(Color::Cyan));
+    let body = rows.iter().map(|r| {
+        Row::new([
+            right(human_bytes(r.bytes as f64)),
+            right(format!("{:.1}%", r.share * 100.0)),
+            right(human_count(r.objects as f64)),
+            Cell::from(r.name.clone()),
+        ])
+    });
+    let widths = [
+        Constraint::Length(10),
+        Constraint::Length(6),
+        Constraint::Length(7),
+        Constraint::Fill(1),
+    ];
+    frame.render_widget(
+        Table::new(body, widths).header(header).column_spacing(1),
+        area,
+    );
+    if rows.is_empty() {
+        let below_header = Rect {
+            y: area.y + 1,
+            height: 1.min(area.height.saturating_sub(1)),
+            ..area
+        };
+        frame.render_widget(Paragraph::new("  no allocation sampled"), below_header);
+    }
+}
+
 fn draw_footer(frame: &mut Frame, area: Rect, model: &Model) {
     let key = |k: &str| {
         Span::styled(
@@ -392,6 +551,7 @@ fn draw_footer(frame: &mut Frame, area: Rect, model: &Model) {
             ("/", "filter"),
             ("↑↓", "select"),
             ("Enter", "details"),
+            ("p", "profile"),
             ("Esc", "close"),
             ("q", "quit"),
         ] {
@@ -459,8 +619,9 @@ mod tests {
     use super::*;
     use crate::{
         exporter::fold::zero_runtime,
+        profile::TopTables,
         registry::{PodNames, ProcessInfo, ProcessSnapshot},
-        top::model::Key,
+        top::model::{Flow, Key, PROFILE_DURATION, PROFILE_RATE},
     };
 
     fn model() -> Model {
@@ -534,6 +695,86 @@ mod tests {
         let s = screen(&m, 160, 30);
         assert!(
             s.contains("filter: /x") && s.contains("no process matches"),
+            "{s}"
+        );
+    }
+
+    fn ranked(name: &str, bytes: i64, objects: i64, share: f64) -> Ranked {
+        Ranked {
+            name: name.into(),
+            bytes,
+            objects,
+            share,
+        }
+    }
+
+    fn profiled(m: &mut Model) {
+        let Flow::Profile { id, pid } = m.on_key(Key::Char('p')) else {
+            panic!("no profile started");
+        };
+        m.profile_done(
+            id,
+            ProfileReport {
+                pid,
+                sampled_for: PROFILE_DURATION,
+                rate: PROFILE_RATE,
+                exited: false,
+                notes: vec!["pid 4242 (demo): /opt/demo/bin/demo (go1.27.3)".into()],
+                tables: TopTables {
+                    sites: vec![
+                        ranked("main.recordSite (main.go:66)", 20 << 20, 512, 0.4),
+                        ranked("main.iterate (main.go:92)", 15 << 20, 327_000, 0.3),
+                    ],
+                    types: vec![ranked("main.record", 20 << 20, 512, 0.4)],
+                    total_bytes: 50 << 20,
+                    total_objects: 400_000,
+                    samples: 812,
+                },
+            },
+        );
+    }
+
+    #[test]
+    fn profile_status_line_pane_and_footer() {
+        let mut m = model();
+        let s = screen(&m, 160, 40);
+        assert!(s.contains("p profile"), "{s}");
+        m.on_key(Key::Char('p'));
+        let s = screen(&m, 160, 40);
+        assert!(s.contains("profiling pid 4242 (demo)… 5s left"), "{s}");
+        m.on_key(Key::Esc);
+        let s = screen(&m, 160, 40);
+        assert!(s.contains("profile of pid 4242 cancelled"), "{s}");
+        // The profile pane covers the detail pane.
+        m.on_key(Key::Enter);
+        profiled(&mut m);
+        for (w, h) in [(160, 40), (100, 40)] {
+            let s = screen(&m, w, h);
+            assert!(
+                s.contains("allocation profile of pid 4242 over 5 s, 1 sample per 64 KiB"),
+                "{s}"
+            );
+            assert!(s.contains("sampled 812 allocations"), "{s}");
+            assert!(s.contains("/opt/demo/bin/demo (go1.27.3)"), "{s}");
+            assert!(!s.contains("allocation sizes"), "{s}");
+            let row = s
+                .lines()
+                .find(|l| l.contains("main.recordSite"))
+                .unwrap_or_else(|| panic!("{s}"));
+            assert!(row.contains("20.0 MiB") && row.contains("40.0%"), "{s}");
+            assert!(s.contains("CALL SITE") && s.contains("TYPE"), "{s}");
+            assert!(s.contains("Esc/Enter/p close"), "{s}");
+        }
+        // Wide: the rankings side by side, both tops on one line.
+        let s = screen(&m, 160, 40);
+        let tops = s.lines().find(|l| l.contains("main.recordSite")).unwrap();
+        assert!(tops.contains("main.record "), "{s}");
+        // Tiny terminals are drawn, not refused.
+        screen(&m, 30, 8);
+        m.on_key(Key::Esc);
+        let s = screen(&m, 160, 40);
+        assert!(
+            !s.contains("allocation profile") && s.contains("allocation sizes"),
             "{s}"
         );
     }
