@@ -49,8 +49,9 @@ enum Cmd {
         goalloc_args: Vec<String>,
     },
     /// What goalloc costs, printed never asserted: ns added per allocation by the probes
-    /// (`probes`), two real workloads bare / agent / --exact-for / bpftrace (`workloads`),
-    /// scrape time and RSS with many Go processes (`scale`). Default: all three.
+    /// (`probes`) and by profiling (`profiling`), two real workloads bare / agent /
+    /// --exact-for / bpftrace (`workloads`), scrape time and RSS with many Go processes
+    /// (`scale`). Default: all four.
     Bench {
         /// Run only these sections (repeatable or comma-separated).
         #[arg(long, value_enum, value_delimiter = ',')]
@@ -58,10 +59,10 @@ enum Cmd {
         /// Runs per measurement, rounds of the workloads (the median is shown).
         #[arg(long, default_value_t = 3)]
         repeat: usize,
-        /// probes: allocations per run without a probe.
+        /// probes, profiling: allocations per run without a probe.
         #[arg(long, default_value_t = 2_000_000)]
         n: u64,
-        /// probes: allocations per run with the probes (default placement).
+        /// probes, profiling: allocations per run with the probes (default placement).
         #[arg(long, default_value_t = 500_000)]
         probed_n: u64,
         /// probes: allocations per run with `--placement entry` (much slower per hit).

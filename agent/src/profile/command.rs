@@ -6,13 +6,13 @@
 //! ends that process's part of the profile, Ctrl-C ends the profile early,
 //! and either way what was sampled is written.
 
-use std::{collections::HashSet, io::Write, path::PathBuf, time::Duration};
+use std::{io::Write, path::PathBuf, time::Duration};
 
 use anyhow::{Context, Result, bail};
 use gobinary::plan::PlanOptions;
 use tokio::signal::unix::{SignalKind, signal};
 
-use super::{Collector, table};
+use super::{session::Session, table};
 use crate::{
     ebpf::Engine,
     events::ProcessEvents,
@@ -62,94 +62,67 @@ pub async fn run(opts: ProfileOptions) -> Result<()> {
         );
     }
     let (scope, described) = watch::resolve(&Target::Pids(opts.pids.clone()), opts.plan, true)?;
-    let mut collector = Collector::new(opts.rate);
-    for &pid in &opts.pids {
-        collector.add(pid)?;
-    }
     let mut engine = Engine::load()?;
     let mut events = ProcessEvents::start(&mut engine)?;
+    // Nobody chosen for exact mode: the session puts the probes on.
     let mut registry = Registry::new(
         engine,
         opts.plan,
         scope,
-        ExactSelection::all(),
+        ExactSelection::none(),
         Duration::ZERO,
     );
     registry.sweep()?;
-    let probed: HashSet<u32> = registry
-        .snapshot()?
-        .iter()
-        .filter(|s| s.probes.is_some())
-        .map(|s| s.info.pid)
-        .collect();
-    for &pid in &opts.pids {
-        if !probed.contains(&pid) {
-            bail!(
-                "pid {pid}: the allocation probes could not be attached (it exited, or see the warning above)"
-            );
-        }
-    }
-    collector.start(registry.counters()?);
-    for &pid in &opts.pids {
-        registry
-            .engine_mut()
-            .start_sampling(pid, collector.rate())?;
-    }
+    let mut session = Session::begin(&mut registry, &opts.pids, opts.rate)?;
     for d in described {
         eprintln!("goalloc: profiling {d}");
     }
     eprintln!(
         "goalloc: sampling every {} on average for {} (Ctrl-C ends it early)",
-        humanize_rate(collector.rate()),
+        humanize_rate(session.rate()),
         humantime::format_duration(opts.duration)
     );
 
-    let pids = collector.pids();
     let deadline = tokio::time::Instant::now() + opts.duration;
     let mut drain =
         tokio::time::interval_at(tokio::time::Instant::now() + DRAIN_EVERY, DRAIN_EVERY);
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut ended_early = false;
-    loop {
-        tokio::select! {
-            batch = events.next_batch() => {
-                for ev in batch.context("reading process events")? {
-                    registry.on_event(&ev)?;
+    let run = async {
+        loop {
+            tokio::select! {
+                batch = events.next_batch() => {
+                    for ev in batch.context("reading process events")? {
+                        registry.on_event(&ev)?;
+                    }
                 }
+                _ = drain.tick() => {
+                    session.drain(&mut registry)?;
+                    registry.sweep()?;
+                }
+                _ = sigint.recv() => { ended_early = true; break }
+                _ = sigterm.recv() => { ended_early = true; break }
+                _ = tokio::time::sleep_until(deadline) => break,
             }
-            _ = drain.tick() => {
-                collector.absorb(registry.engine_mut().take_samples(&pids)?);
-                registry.sweep()?;
+            if session.note_exits(&registry) {
+                eprintln!("goalloc: every profiled process has exited");
+                break;
             }
-            _ = sigint.recv() => { ended_early = true; break }
-            _ = sigterm.recv() => { ended_early = true; break }
-            _ = tokio::time::sleep_until(deadline) => break,
         }
-        for s in registry.take_exited() {
-            collector.mark_exited(s.info.pid);
-        }
-        if registry.is_empty() {
-            eprintln!("goalloc: every profiled process has exited");
-            break;
-        }
-    }
-    for s in registry.take_exited() {
-        collector.mark_exited(s.info.pid);
-    }
-    for &pid in &pids {
-        registry.engine_mut().stop_sampling(pid)?;
-    }
-    collector.stop();
-    collector.absorb(registry.engine_mut().take_samples(&pids)?);
-    let counters = registry.counters().ok();
-    // Probes off before writing: the targets run at full speed again.
+        anyhow::Ok(())
+    };
+    let ran = run.await;
+    // Whatever ended the loop: sampling and probes off before writing, so
+    // the targets run at full speed again.
+    let counters = session.end(&mut registry)?;
+    ran?;
     drop(registry);
-    let profile = collector.profile(counters);
-    let seconds = collector.elapsed().as_secs_f64();
+    let profile = session.profile(counters);
+    let seconds = session.elapsed().as_secs_f64();
     eprintln!(
         "goalloc: {} allocations sampled in {seconds:.1} s{}",
-        collector.sampled(),
+        session.sampled(),
         if ended_early { " (ended early)" } else { "" }
     );
 

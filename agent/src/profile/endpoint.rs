@@ -7,7 +7,7 @@
 //! otherwise), every other mistake a 400 saying what is wrong.
 
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashMap,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering},
@@ -21,7 +21,10 @@ use axum::{
     response::{IntoResponse, Response},
 };
 
-use super::{Collector, collect::DEFAULT_RATE};
+use super::{
+    collect::DEFAULT_RATE,
+    session::{Session, SessionError},
+};
 use crate::registry::Registry;
 
 /// Longest profile the endpoint takes.
@@ -135,29 +138,25 @@ pub fn parse_query(q: &HashMap<String, String>) -> Result<Request, String> {
 
 /// Ends the profile whatever happens to the request (a client that hangs
 /// up drops the handler): sampling stops, probes put on for it come off.
-struct Session {
+struct Guard {
     profiling: Profiling,
     pid: u32,
     /// Set before the registry is locked to end: a start still under way
     /// on the blocking pool sees it (under the lock) and undoes itself.
     ended: Arc<AtomicBool>,
+    session: Arc<Mutex<Option<Session>>>,
 }
 
-fn end(r: &mut Registry, pid: u32) {
-    if let Err(e) = r.engine_mut().stop_sampling(pid) {
-        log::warn!("pid {pid}: stopping the profile: {e}");
-    }
-    // Leftovers of an aborted profile must not join the next one.
-    let _ = r.engine_mut().take_samples(&HashSet::from([pid]));
-    if let Err(e) = r.profile_end(pid) {
-        log::warn!("pid {pid}: ending the profile: {e}");
-    }
-}
-
-impl Drop for Session {
+impl Drop for Guard {
     fn drop(&mut self) {
         self.ended.store(true, Ordering::SeqCst);
-        end(&mut lock(&self.profiling.registry), self.pid);
+        let mut r = lock(&self.profiling.registry);
+        if let Some(mut s) = lock(&self.session).take()
+            && let Err(e) = s.end(&mut r)
+        {
+            log::warn!("pid {}: ending the profile: {e}", self.pid);
+        }
+        drop(r);
         lock(&self.profiling.busy).remove(&self.pid);
     }
 }
@@ -214,103 +213,83 @@ async fn profile(p: Profiling, req: &Request) -> Result<Vec<u8>, Refusal> {
         }
         busy.insert(pid, now + Duration::from_secs(req.seconds));
     }
-    // From here the session ends the profile, even if the client hangs up.
-    let session = Session {
+    // From here the guard ends the profile, even if the client hangs up.
+    let guard = Guard {
         profiling: p.clone(),
         pid,
         ended: Arc::default(),
+        session: Arc::default(),
     };
-    let mut collector = Collector::new(req.rate);
     let begun = {
         let p = p.clone();
-        let ended = session.ended.clone();
-        tokio::task::spawn_blocking(move || -> Result<Collector, Refusal> {
+        let ended = guard.ended.clone();
+        let slot = guard.session.clone();
+        let rate = req.rate;
+        tokio::task::spawn_blocking(move || -> Result<(), SessionError> {
             let mut r = lock(&p.registry);
-            let started = begin(&mut r, pid, &mut collector);
+            let mut session = Session::begin(&mut r, &[pid], rate)?;
             if ended.load(Ordering::SeqCst) {
-                end(&mut r, pid);
+                session.end(&mut r)?;
+            } else {
+                *lock(&slot) = Some(session);
             }
-            started.map(|()| collector)
+            Ok(())
         })
         .await
     };
-    let mut collector = match begun {
-        Ok(Ok(c)) => c,
-        Ok(Err(r)) => return Err(r),
+    match begun {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) if e.is_bad_request() => {
+            return Err(refuse(StatusCode::BAD_REQUEST, e.to_string()));
+        }
+        Ok(Err(e)) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
         Err(e) => return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())),
-    };
-    let pids = HashSet::from([pid]);
+    }
+    let internal =
+        |e: crate::ebpf::EngineError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(req.seconds);
     let mut last_drain = tokio::time::Instant::now();
     loop {
         let next = (tokio::time::Instant::now() + ALIVE_EVERY).min(deadline);
         tokio::time::sleep_until(next).await;
-        let drain = next >= deadline || next.duration_since(last_drain) >= DRAIN_EVERY;
-        let (taken, alive) = {
-            let mut r = lock(&p.registry);
-            let alive = r.tracks(pid);
-            let taken = (drain || !alive).then(|| r.engine_mut().take_samples(&pids));
-            (taken, alive)
-        };
-        match taken {
-            Some(Ok(t)) => {
-                collector.absorb(t);
-                last_drain = next;
-            }
-            Some(Err(e)) => {
-                return Err(refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()));
-            }
-            None => {}
-        }
-        if !alive {
-            collector.mark_exited(pid);
+        let mut r = lock(&p.registry);
+        let mut slot = lock(&guard.session);
+        let Some(session) = slot.as_mut() else {
             break;
+        };
+        let gone = session.note_exits(&r);
+        if next >= deadline || gone || next.duration_since(last_drain) >= DRAIN_EVERY {
+            session.drain(&mut r).map_err(internal)?;
+            last_drain = next;
         }
-        if next >= deadline {
+        if gone || next >= deadline {
             break;
         }
     }
-    let counters = {
+    let session = {
         let mut r = lock(&p.registry);
-        let _ = r.engine_mut().stop_sampling(pid);
-        collector.stop();
-        if let Ok(t) = r.engine_mut().take_samples(&pids) {
-            collector.absorb(t);
+        let session = lock(&guard.session).take();
+        match session {
+            Some(mut s) => {
+                let counters = s.end(&mut r).map_err(internal)?;
+                Some((s, counters))
+            }
+            None => None,
         }
-        r.counters().ok()
     };
-    drop(session);
+    drop(guard);
+    let Some((session, counters)) = session else {
+        return Err(refuse(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the profile ended unexpectedly".into(),
+        ));
+    };
     tokio::task::spawn_blocking(move || {
-        super::collect::gzip(&collector.profile(counters))
+        super::collect::gzip(&session.profile(counters))
             .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
     })
     .await
     .map_err(|e| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
-}
-
-/// Puts the probes on `pid` (if needed) and starts sampling it.
-fn begin(r: &mut Registry, pid: u32, collector: &mut Collector) -> Result<(), Refusal> {
-    if !r.tracks(pid) {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            format!("pid {pid} is not a Go process this agent follows"),
-        ));
-    }
-    if let Err(e) = collector.add(pid) {
-        return Err(refuse(StatusCode::BAD_REQUEST, e.to_string()));
-    }
-    let internal =
-        |e: crate::ebpf::EngineError| refuse(StatusCode::INTERNAL_SERVER_ERROR, e.to_string());
-    if let Err(why) = r.profile_begin(pid).map_err(internal)? {
-        return Err(refuse(
-            StatusCode::BAD_REQUEST,
-            format!("pid {pid} cannot be profiled: {why}"),
-        ));
-    }
-    collector.start(r.counters().map_err(internal)?);
-    r.engine_mut()
-        .start_sampling(pid, collector.rate())
-        .map_err(internal)
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod command;
 pub mod endpoint;
 pub mod pprof;
 mod proto;
+pub mod session;
 pub mod table;
 
 pub use collect::Collector;

@@ -2,21 +2,22 @@
 //! one process, run by the collector thread (which owns the [`Registry`])
 //! between its reads of everyone's counters.
 //!
-//! A [`Session`] puts the allocation probes on that process alone, samples
-//! it at [`PROFILE_RATE`] for [`PROFILE_DURATION`] (taking the samples out
-//! of the kernel table every second, as `goalloc profile` does), then takes
-//! the probes off and ranks what was sampled. Every way a session ends
-//! (finished, cancelled, its process gone, an error, top quitting) goes
-//! through [`Session::end`], so no probe or sampler is left behind.
+//! A [`Session`] (the shared `profile::session` with top's schedule) puts
+//! the allocation probes on that process alone, samples it at
+//! [`PROFILE_RATE`] for [`PROFILE_DURATION`] (taking the samples out of the
+//! kernel table every second), then takes the probes off and ranks what was
+//! sampled. Every way a session ends (finished, cancelled, its process gone,
+//! an error, top quitting) goes through [`Session::finish`] or
+//! [`Session::cancel`], so no probe or sampler is left behind.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use tokio::time::Instant;
 
 use super::model::{PROFILE_DURATION, PROFILE_RATE, PROFILE_ROWS, ProfileReport};
 use crate::{
     ebpf::EngineError,
-    profile::{Collector, table},
+    profile::{session, table},
     registry::Registry,
 };
 
@@ -28,9 +29,7 @@ const DRAIN_EVERY: Duration = Duration::from_secs(1);
 pub struct Session {
     pub id: u64,
     pub pid: u32,
-    collector: Collector,
-    /// `pid` alone, as `take_samples` wants it.
-    pids: HashSet<u32>,
+    inner: session::Session,
     deadline: Instant,
     next_drain: Instant,
 }
@@ -39,35 +38,16 @@ impl Session {
     /// Puts the probes on `pid` and starts sampling it; why not, as one
     /// line, when it cannot be profiled.
     pub fn begin(registry: &mut Registry, id: u64, pid: u32) -> Result<Session, String> {
-        match registry.profile_begin(pid) {
-            Ok(Ok(())) => {}
-            Ok(Err(why)) => return Err(why),
-            Err(e) => return Err(e.to_string()),
-        }
-        let mut collector = Collector::new(PROFILE_RATE);
-        let started = (|| -> Result<(), String> {
-            collector.add(pid).map_err(|e| e.to_string())?;
-            collector.start(registry.counters().map_err(|e| e.to_string())?);
-            registry
-                .engine_mut()
-                .start_sampling(pid, collector.rate())
-                .map_err(|e| e.to_string())
-        })();
+        let inner =
+            session::Session::begin(registry, &[pid], PROFILE_RATE).map_err(|e| e.to_string())?;
         let now = Instant::now();
-        let mut session = Session {
+        Ok(Session {
             id,
             pid,
-            collector,
-            pids: HashSet::from([pid]),
+            inner,
             deadline: now + PROFILE_DURATION,
             next_drain: now + DRAIN_EVERY,
-        };
-        if let Err(why) = started {
-            // The probes are on already: off again.
-            let _ = session.end(registry);
-            return Err(why);
-        }
-        Ok(session)
+        })
     }
 
     /// When [`Session::drain`] is due next.
@@ -82,14 +62,13 @@ impl Session {
 
     /// Allocations sampled so far.
     pub fn sampled(&self) -> u64 {
-        self.collector.sampled()
+        self.inner.sampled()
     }
 
     /// Takes the samples so far out of the kernel table, so that it never
     /// fills with this profile's stacks.
     pub fn drain(&mut self, registry: &mut Registry) -> Result<(), EngineError> {
-        self.collector
-            .absorb(registry.engine_mut().take_samples(&self.pids)?);
+        self.inner.drain(registry)?;
         // The last drain is at the deadline, not up to a second after it.
         self.next_drain = (self.next_drain + DRAIN_EVERY).min(self.deadline);
         Ok(())
@@ -102,12 +81,9 @@ impl Session {
 
     /// Ends the profile and ranks what it sampled.
     pub fn finish(mut self, registry: &mut Registry) -> Result<ProfileReport, String> {
-        let exited = !registry.tracks(self.pid);
-        if exited {
-            self.collector.mark_exited(self.pid);
-        }
-        self.end(registry).map_err(|e| e.to_string())?;
-        let profile = self.collector.profile(registry.counters().ok());
+        let exited = self.inner.note_exits(registry);
+        let counters = self.inner.end(registry).map_err(|e| e.to_string())?;
+        let profile = self.inner.profile(counters);
         // What the profile says of itself (the process's executable, its
         // exit, samples lost) is what the pane's reader needs too; one
         // clause a line, so that a narrow pane cuts less.
@@ -123,11 +99,11 @@ impl Session {
             // It ran the time asked for; the few milliseconds of starting
             // and stopping are not news.
             sampled_for: if exited {
-                self.collector.elapsed()
+                self.inner.elapsed()
             } else {
                 PROFILE_DURATION
             },
-            rate: self.collector.rate(),
+            rate: self.inner.rate(),
             exited,
             notes,
             tables: table::top_tables(&profile, PROFILE_ROWS),
@@ -136,22 +112,8 @@ impl Session {
 
     /// Drops the profile (cancelled, or top is quitting).
     pub fn cancel(mut self, registry: &mut Registry) {
-        if let Err(e) = self.end(registry) {
+        if let Err(e) = self.inner.end(registry) {
             log::warn!("pid {}: ending the profile: {e}", self.pid);
         }
-    }
-
-    /// Sampling off, the last samples taken, the probes off: each step
-    /// tried whatever the ones before it did.
-    fn end(&mut self, registry: &mut Registry) -> Result<(), EngineError> {
-        let stopped = registry.engine_mut().stop_sampling(self.pid);
-        self.collector.stop();
-        // Also what a cancelled profile sampled: it must not join the next.
-        let taken = registry
-            .engine_mut()
-            .take_samples(&self.pids)
-            .map(|t| self.collector.absorb(t));
-        let ended = registry.profile_end(self.pid);
-        stopped.and(taken).and(ended)
     }
 }

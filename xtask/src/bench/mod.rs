@@ -1,8 +1,10 @@
 //! `cargo xtask bench`: what goalloc costs, printed and never asserted.
 //!
-//! Three sections, each printing one table with the goal next to each number:
+//! Four sections, each printing one table with the goal next to each number:
 //! - `probes` ([`probes`]): ns added per allocation by the per-allocation
 //!   probes, per Go version and placement, with the ratio to Go 1.21 (issue 9);
+//! - `profiling` ([`profiling`]): ns added per allocation by `goalloc profile`
+//!   against the exact probes alone, on Go 1.21 and Go 1.27 (issue 10);
 //! - `workloads` ([`workloads`]): two real programs nobody here wrote, bare,
 //!   under `goalloc agent` (default: no probes), under `goalloc agent
 //!   --exact-for all`, and under the seed's bpftrace one-liner (issue 8);
@@ -13,6 +15,7 @@
 //! why and the others still run, so one broken peer does not hide the rest.
 
 mod probes;
+mod profiling;
 mod scale;
 mod workloads;
 
@@ -38,6 +41,8 @@ pub use workloads::Options as WorkloadOptions;
 pub enum Section {
     /// ns added per allocation per Go version and placement (issue 9).
     Probes,
+    /// ns added per allocation by `goalloc profile` vs the exact probes (issue 10).
+    Profiling,
     /// A cold `go build` and node-exporter under wrk: bare, agent, exact, bpftrace.
     Workloads,
     /// Scrape time and agent RSS with many Go processes running.
@@ -57,7 +62,12 @@ pub fn bench(ctx: &Ctx, opts: &Options) -> Result<()> {
     let goalloc = ctx.build_goalloc_release()?;
     survive_sigint();
     let start = Instant::now();
-    let all = [Section::Probes, Section::Workloads, Section::Scale];
+    let all = [
+        Section::Probes,
+        Section::Profiling,
+        Section::Workloads,
+        Section::Scale,
+    ];
     let sections: Vec<Section> = all
         .into_iter()
         .filter(|s| opts.only.is_empty() || opts.only.contains(s))
@@ -69,6 +79,16 @@ pub fn bench(ctx: &Ctx, opts: &Options) -> Result<()> {
         let t0 = Instant::now();
         let result = match section {
             Section::Probes => probes::run(ctx, &goalloc, &opts.probes),
+            // The same run sizes as `probes`, whose options the CLI sets.
+            Section::Profiling => profiling::run(
+                ctx,
+                &goalloc,
+                &profiling::Options {
+                    n: opts.probes.n,
+                    probed_n: opts.probes.probed_n,
+                    repeat: opts.probes.repeat,
+                },
+            ),
             Section::Workloads => workloads::run(ctx, &goalloc, &opts.workloads),
             Section::Scale => scale::run(ctx, &goalloc, &opts.scale),
         };
