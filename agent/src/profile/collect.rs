@@ -5,7 +5,7 @@
 //! the profile needs (exits, a full stack table, cut stacks).
 
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, HashMap},
     sync::Arc,
     time::{Duration, Instant, SystemTime},
 };
@@ -115,11 +115,6 @@ impl Collector {
             },
         );
         Ok(())
-    }
-
-    /// The processes of this profile.
-    pub fn pids(&self) -> HashSet<u32> {
-        self.targets.keys().copied().collect()
     }
 
     /// Sampling starts now; `c`: the eBPF self-counters now, to report
