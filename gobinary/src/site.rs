@@ -83,43 +83,19 @@ fn text(insn: &Instruction) -> String {
 /// `code` (the whole function, from its entry). `start` is the original
 /// probe point, just after the stack check (runs once per call).
 pub fn find_emulated(arch: Arch, code: &[u8], start: u64) -> Result<EmulatedSite, Refusal> {
-    if arch != Arch::X86_64 {
-        return Err(refuse("only amd64 sites are moved"));
-    }
-    let tail = code
-        .get(start as usize..)
-        .ok_or_else(|| refuse("the site is past the end of the function"))?;
-    let mut decoder = Decoder::with_ip(64, tail, start, DecoderOptions::NONE);
     let mut walk = Walk::default();
-    let mut skipped = Vec::new();
-    let mut insn = Instruction::default();
-    for _ in 0..MAX_WALK {
-        if !decoder.can_decode() {
-            return Err(refuse("the function ends before an emulated instruction"));
-        }
-        decoder.decode_out(&mut insn);
-        if insn.is_invalid() {
-            return Err(refuse(format!("undecodable bytes at +{:#x}", insn.ip())));
-        }
-        let at = insn.ip() as usize;
-        let bytes = &code[at..at + insn.len()];
-        if kernel_emulates(arch, bytes) {
-            check_no_branch_into(code, start, insn.ip())?;
-            return Ok(EmulatedSite {
-                offset: insn.ip(),
-                instruction: text(&insn),
-                stack_moved: u32::try_from(walk.moved)
-                    .map_err(|_| refuse("the stack moved by more than 4 GiB"))?,
-                frame_set: walk.frame_set,
-                skipped,
-            });
-        }
-        walk = walk_past(&insn, walk)?;
-        skipped.push(text(&insn));
-    }
-    Err(refuse(format!(
-        "no emulated instruction in the {MAX_WALK} instructions after the stack check"
-    )))
+    let (offset, instruction, skipped) = walk_to_emulated(arch, code, start, MAX_WALK, |insn| {
+        walk = walk_past(insn, walk)?;
+        Ok(())
+    })?;
+    Ok(EmulatedSite {
+        offset,
+        instruction,
+        stack_moved: u32::try_from(walk.moved)
+            .map_err(|_| refuse("the stack moved by more than 4 GiB"))?,
+        frame_set: walk.frame_set,
+        skipped,
+    })
 }
 
 /// Longest run of instructions walked past by [`find_emulated_counting`].
@@ -135,6 +111,40 @@ pub fn find_emulated_counting(
     code: &[u8],
     start: u64,
 ) -> Result<EmulatedSite, Refusal> {
+    let (offset, instruction, skipped) =
+        walk_to_emulated(arch, code, start, MAX_COUNTING_WALK, |insn| {
+            if insn.flow_control() != FlowControl::Next {
+                return Err(refuse(format!(
+                    "`{}` at +{:#x} does not fall through",
+                    text(insn),
+                    insn.ip()
+                )));
+            }
+            Ok(())
+        })?;
+    Ok(EmulatedSite {
+        offset,
+        instruction,
+        // Nothing is read at the site: where the stack and frame are does
+        // not matter.
+        stack_moved: 0,
+        frame_set: false,
+        skipped,
+    })
+}
+
+/// Decodes from `start` up to `limit` instructions, handing each one that
+/// the kernel does not emulate to `pass` (which refuses what it cannot
+/// walk past), and stops at the first emulated one, provided no branch of
+/// the function lands in between. Returns its offset, its text and the
+/// texts of the instructions passed.
+fn walk_to_emulated(
+    arch: Arch,
+    code: &[u8],
+    start: u64,
+    limit: usize,
+    mut pass: impl FnMut(&Instruction) -> Result<(), Refusal>,
+) -> Result<(u64, String, Vec<String>), Refusal> {
     if arch != Arch::X86_64 {
         return Err(refuse("only amd64 sites are moved"));
     }
@@ -144,7 +154,7 @@ pub fn find_emulated_counting(
     let mut decoder = Decoder::with_ip(64, tail, start, DecoderOptions::NONE);
     let mut skipped = Vec::new();
     let mut insn = Instruction::default();
-    for _ in 0..MAX_COUNTING_WALK {
+    for _ in 0..limit {
         if !decoder.can_decode() {
             return Err(refuse("the function ends before an emulated instruction"));
         }
@@ -156,27 +166,13 @@ pub fn find_emulated_counting(
         let bytes = &code[at..at + insn.len()];
         if kernel_emulates(arch, bytes) {
             check_no_branch_into(code, start, insn.ip())?;
-            return Ok(EmulatedSite {
-                offset: insn.ip(),
-                instruction: text(&insn),
-                // Nothing is read at the site: where the stack and frame
-                // are does not matter.
-                stack_moved: 0,
-                frame_set: false,
-                skipped,
-            });
+            return Ok((insn.ip(), text(&insn), skipped));
         }
-        if insn.flow_control() != FlowControl::Next {
-            return Err(refuse(format!(
-                "`{}` at +{:#x} does not fall through",
-                text(&insn),
-                insn.ip()
-            )));
-        }
+        pass(&insn)?;
         skipped.push(text(&insn));
     }
     Err(refuse(format!(
-        "no emulated instruction in the {MAX_COUNTING_WALK} instructions after the stack check"
+        "no emulated instruction in the {limit} instructions after the stack check"
     )))
 }
 
