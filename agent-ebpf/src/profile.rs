@@ -80,6 +80,9 @@ fn next_distance(rate: u64) -> u64 {
     if d == 0 { 1 } else { d }
 }
 
+// `&*key` on purpose: by value, the 272-byte key would be copied onto the
+// 512-byte BPF stack.
+#[allow(clippy::needless_borrows_for_generic_args)]
 #[inline(always)]
 fn record(ctx: &ProbeContext, site: &ProbeSite, tgid: u32, size: u64) {
     let Some(key) = SAMPLE_SCRATCH.get_ptr_mut(0) else {
@@ -132,11 +135,11 @@ fn record(ctx: &ProbeContext, site: &ProbeSite, tgid: u32, size: u64) {
 #[inline(always)]
 fn walk_stack(ctx: &ProbeContext, site: &ProbeSite, pcs: &mut [u64; MAX_STACK_DEPTH]) -> usize {
     let mut n = 0usize;
-    if site.flags & SITE_FLAG_FRAME_SET == 0 {
-        if let Some(ret) = regs::return_address(ctx, u64::from(site.ret_off)) {
-            pcs[0] = ret;
-            n = 1;
-        }
+    if site.flags & SITE_FLAG_FRAME_SET == 0
+        && let Some(ret) = regs::return_address(ctx, u64::from(site.ret_off))
+    {
+        pcs[0] = ret;
+        n = 1;
     }
     let mut fp = regs::frame_pointer(ctx);
     let mut more = false;

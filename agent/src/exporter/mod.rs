@@ -421,6 +421,13 @@ impl Collector for RegistryCollector {
             None,
             engine.attached_probes() as f64,
         )?;
+        gauge(
+            &mut enc,
+            "goalloc_probe_attachments_pending",
+            "Chosen processes whose probes are still to be attached (one at a time).",
+            None,
+            registry.pending_attachments() as f64,
+        )?;
         if let Ok(n) = registry.kernel_entries() {
             gauge(
                 &mut enc,
