@@ -525,3 +525,40 @@ fn process_exit_mid_profile() {
         agent_uprobes(&agent)
     );
 }
+
+/// The way people use it: `go tool pprof` fetching the URL itself (as it
+/// fetches net/http/pprof's), then showing the sites.
+#[test]
+fn go_tool_pprof_fetches_the_url() {
+    if !require_bpf() {
+        return;
+    }
+    let _serial = serial();
+    let tmp = tempfile::tempdir().unwrap();
+    let sites = Sites::start(&variant(CELL));
+    let pid = sites.pid;
+    let mut agent = Agent::start_with(&["--profiling"]);
+    agent.wait_ready();
+    wait_tracked(&agent, pid);
+    let url = format!(
+        "http://{}/debug/pprof/allocs?pid={pid}&seconds=2&rate=4096",
+        agent.addr
+    );
+    let newest = testutil::newest().expect("a Go toolchain for go tool pprof");
+    let out = testutil::go_command(&newest.go)
+        .args(["tool", "pprof", "-top"])
+        .arg(&url)
+        // pprof saves what it fetched under $PPROF_TMPDIR.
+        .env("PPROF_TMPDIR", tmp.path())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("go tool pprof");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "go tool pprof {url}: {stderr}");
+    assert!(stderr.contains("Saved profile in"), "{stderr}");
+    let functions = pprof_top_functions(&stdout);
+    assert_sites_shown(&functions, &stdout);
+}
