@@ -252,3 +252,104 @@ fn unchosen_sibling_runs_at_native_speed() {
         "the chosen process pays no trap? {probed:.1} against {sibling:.1}"
     );
 }
+
+/// A chosen process that re-executes its own file (same pid): the new image
+/// is probed (every planned site trapped again) and counted within seconds,
+/// and nothing leaks: the agent holds as many uprobes after as before (the
+/// detach grace keeps the attachment across the exec).
+#[test]
+fn probes_follow_a_process_across_exec() {
+    use common::{Agent, ProbeSites, samples, uprobes_held, wait_until};
+    use std::io::BufRead;
+    use std::time::Duration;
+    if !require_bpf() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let program = private_copy("go1.27.3", "sites", tmp.path());
+    let mut child = Command::new(&program)
+        .args(["-reexec", "4s"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(line);
+        }
+    });
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _child = Kill(child);
+    let exe = program.to_str().unwrap().to_string();
+    let chosen = format!("exe={exe}");
+    // Budget lifted: the fixture allocates more than the default allows.
+    let mut agent = Agent::start_with(&["--exact-for", &chosen, "--exact-budget", "1"]);
+    agent.wait_ready();
+    let pid_s = pid.to_string();
+    let allocs = |agent: &Agent| {
+        samples(
+            &agent.scrape(),
+            "goalloc_allocations_total",
+            &[("pid", &pid_s)],
+        )
+        .first()
+        .map(|s| s.value())
+    };
+    assert!(
+        wait_until(Duration::from_secs(20), || allocs(&agent)
+            .is_some_and(|v| v > 0.0)),
+        "pid {pid} never counted before its exec:\n{}",
+        agent.stderr()
+    );
+    let probes = ProbeSites::of(&program);
+    let held = uprobes_held(agent.pid()).len();
+    let trapped = probes.installed(pid).unwrap_or(0);
+    assert!(held > 0 && trapped > 0, "held {held}, trapped {trapped}");
+
+    // The exec: "exec", then the new image's "ready <pid>".
+    let mut seen_exec = false;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no exec from pid {pid}"));
+        if line == "exec" {
+            seen_exec = true;
+        } else if seen_exec && line == format!("ready {pid}") {
+            break;
+        }
+    }
+    // The new image is counted from zero (a new program), and grows.
+    let mut last = None;
+    let counted = wait_until(Duration::from_secs(10), || {
+        let now = allocs(&agent);
+        let grew = matches!((last, now), (Some(a), Some(b)) if b > a);
+        last = now;
+        grew && probes.installed(pid) == Some(trapped)
+    });
+    assert!(
+        counted,
+        "pid {pid} not probed and counted after its exec (installed {:?} of {trapped}, allocations {last:?}):\n{}",
+        probes.installed(pid),
+        agent.stderr()
+    );
+    assert_eq!(
+        uprobes_held(agent.pid()).len(),
+        held,
+        "the agent's uprobes changed across the exec"
+    );
+}

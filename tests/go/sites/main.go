@@ -5,6 +5,8 @@
 //	site <function as pprof names it> <type label> <share of requested bytes>
 //
 // and "loop" when it starts allocating (the line ending the description).
+// With -reexec D it replaces itself by the same executable (execve, same
+// pid) after D of allocating, once: it prints "exec" just before.
 // The type label is the Go type name of the allocated object, or "untyped"
 // when the allocator gets no type (a string copied to a []byte). Every
 // object is exactly the size of its size class (or whole pages), without a
@@ -12,11 +14,13 @@
 package main
 
 import (
+	"flag"
 	"fmt"
 	"os"
 	"reflect"
 	"runtime"
 	"strings"
+	"syscall"
 	"time"
 	"unsafe"
 )
@@ -109,6 +113,8 @@ func funcName(f interface{}) string {
 }
 
 func main() {
+	reexec := flag.Duration("reexec", 0, "exec the same executable again after this long (once)")
+	flag.Parse()
 	fmt.Printf("ready %d\n", os.Getpid())
 	sites := []struct {
 		fn    interface{}
@@ -130,8 +136,21 @@ func main() {
 	fmt.Println("loop")
 	// One iteration (100 KiB, 806 allocations) per 10 ms: at most
 	// ~10 MiB/s and ~80k allocations/s, a fraction of one CPU.
+	start := time.Now()
 	for {
 		iterate()
 		time.Sleep(10 * time.Millisecond)
+		if *reexec > 0 && time.Since(start) >= *reexec {
+			self, err := os.Executable()
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "sites:", err)
+				os.Exit(1)
+			}
+			fmt.Println("exec")
+			// The new image runs without -reexec: once.
+			err = syscall.Exec(self, []string{os.Args[0]}, os.Environ())
+			fmt.Fprintln(os.Stderr, "sites: exec:", err)
+			os.Exit(1)
+		}
 	}
 }
