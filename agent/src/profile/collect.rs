@@ -269,3 +269,42 @@ fn other_mappings(pid: u32, exe: &str) -> Vec<OtherMapping> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the profile lost while it ran is written into it, never silent.
+    #[test]
+    fn losses_are_noted_in_the_profile() {
+        let mut c = Collector::new(4096);
+        let mut start = Counters::default();
+        start.0[Counter::ProfileStacksFull as usize] = 5;
+        c.start(start);
+        c.stop();
+        let mut end = start;
+        end.0[Counter::ProfileStacksFull as usize] = 12;
+        end.0[Counter::ProfileStacksTruncated as usize] = 3;
+        let p = c.profile(Some(end));
+        let comments: Vec<&str> = p
+            .comments
+            .iter()
+            .map(|&i| p.string_table[i as usize].as_str())
+            .collect();
+        assert!(
+            comments
+                .iter()
+                .any(|c| c.starts_with("7 samples dropped") && c.contains("was full")),
+            "{comments:?}"
+        );
+        assert!(
+            comments
+                .iter()
+                .any(|c| c.starts_with("3 samples with stacks deeper than 32")),
+            "{comments:?}"
+        );
+        // Nothing lost: nothing said.
+        let quiet = c.profile(Some(start));
+        assert!(quiet.comments.is_empty());
+    }
+}
